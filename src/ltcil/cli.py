@@ -1,0 +1,114 @@
+"""The `ltcil` command: run, resume, list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from .errors import LtcilError
+
+QUICKSTART = "quickstart_digits"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltcil", description="Class-incremental learning under long-tailed data.",
+        epilog="Examples:\n  ltcil run\n  ltcil run icarl_resnet32_cifar100_b0inc10 data.root=../shared/data "
+               "train.epochs=1\n  ltcil resume runs/finetune_digits_20261123-101500\n  ltcil list methods",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment from a config (default: the quick start on digits)")
+    run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
+                     help="a YAML file or shipped config name, then dotted overrides such as train.epochs=2")
+    run.add_argument("--out", type=Path, help="run folder (default: runs/<method>_<data>_<time>)")
+    run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    resume = sub.add_parser("resume", help="continue a run from its last complete checkpoint")
+    resume.add_argument("run_dir", type=Path)
+    resume.add_argument("--quiet", action="store_true")
+
+    lst = sub.add_parser("list", help="list registered components or shipped configs")
+    lst.add_argument("what", choices=["methods", "datasets", "backbones", "configs"])
+    return parser
+
+
+def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_run(args) -> int:
+    from .config import load_config
+    from .engine.runner import Experiment, default_run_dir, prepare_run_dir
+
+    config, overrides = _split_items(args.items)
+    cfg = load_config(config if config is not None else QUICKSTART, overrides)
+    run_dir = args.out or default_run_dir(cfg)
+    prepare_run_dir(run_dir, args.force)
+    experiment = Experiment(cfg, run_dir, progress=False if args.quiet else None)
+    return _finish(experiment)
+
+
+def cmd_resume(args) -> int:
+    from .config import from_dict, read_yaml
+    from .engine.runner import Experiment
+
+    cfg_path = args.run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise LtcilError(f"{args.run_dir} is not a run folder: {cfg_path} is missing.")
+    cfg = from_dict(read_yaml(cfg_path), f"{cfg_path}: ")
+    experiment = Experiment(cfg, args.run_dir, progress=False if args.quiet else None)
+    if not experiment.restore():
+        print(f"no finished task in {args.run_dir}; starting it from the first task")
+    return _finish(experiment)
+
+
+def _finish(experiment) -> int:
+    from .reporting.summary import summary_table
+
+    results = experiment.run()
+    print()
+    print(summary_table(results))
+    print(f"\nrun folder: {experiment.run_dir}  (config.yaml, events.jsonl, results.json, checkpoints/)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import registry
+    from .config import shipped_configs
+
+    if args.what == "configs":
+        for name, path in shipped_configs().items():
+            print(f"{name:45s} {path}")
+        return 0
+    kind = args.what[:-1]
+    for name in registry.available(kind):
+        print(name)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list}[args.command]
+    try:
+        return handler(args)
+    except LtcilError as exc:
+        if args.debug:
+            raise
+        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="  "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; a run continues from its last finished task with `ltcil resume RUN_DIR`.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Typed, strictly validated configuration: YAML file + dotted overrides -> Config.
+
+Every section is a dataclass; an unknown key fails with the key, the file and the closest valid key;
+a wrong type or an out-of-range value fails naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits, cifar10, cifar100, medmnist, imagelist, npz, synthetic
+    root: str = "data"  # folder (or file) holding the dataset; CIFAR is downloaded here when missing
+    download: bool = True  # fetch official archives when absent (only CIFAR has an official URL here)
+    subset: str = ""  # medmnist: which one (breastmnist, bloodmnist, ...): reads ROOT/<subset>.npz
+    image_size: int = 0  # resize once at load (imagelist needs it; 0 keeps the native size)
+    train_list: str = ""  # imagelist: "<relpath> <label>" lines, relative to root (empty: class folders)
+    val_list: str = ""
+    test_list: str = ""
+    num_classes: int = 10  # synthetic only: classes to generate
+    images_per_class: int = 30  # synthetic only: training images per class (a quarter as many for test)
+
+
+@dataclass
+class ScenarioConfig:
+    order: Union[str, list] = "natural"  # natural | seed:N (seed:1993 = iCaRL order) | explicit list of ids
+    initial: int = 0  # classes in the first task (0: same as increment)
+    increment: Union[int, list] = 0  # classes per later task, or a list of task sizes; 0 = a single task
+    imbalance_factor: float = 1.0  # n_max / n_min of training images per class; 1 = balanced
+    longtail_profile: str = "exp"  # exp: n_i = floor(n_max * IF^(-i/(C-1))); step: half the classes get n_max/IF
+    longtail_by: str = "class_id"  # class_id: i = original id; arrival: i = arrival position
+    val_fraction: float = 0.0  # per-class share of training images held out as validation (never trained on)
+    seed: int = 0  # scenario randomness (long-tail subsampling, validation split), separate from training
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet32"
+    block: str = "basic"  # resnet_cifar: basic | bottleneck
+
+
+@dataclass
+class MemoryConfig:
+    size: int = 0  # total exemplars, divided among seen classes (0 = no memory unless per_class is set)
+    per_class: int = 0  # fixed exemplars per class (takes precedence over size when > 0)
+    selection: str = "herding"  # herding | random | closest
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    initial_epochs: int = 0  # epochs of the first task (0: same as epochs)
+    batch_size: int = 128
+    lr: float = 0.1
+    initial_lr: float = 0.0  # lr of the first task (0: same as lr)
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # constant | step | cosine
+    milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up before the schedule
+    crop_padding: int = 4  # random crop with this zero padding (0 disables)
+    flip: bool = True  # random horizontal flip
+    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength (0 disables)
+    resized_crop: bool = False  # random resized crop (scale 0.35-1) instead of padded crop
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
+    channels_last: bool = True  # on GPU
+    threads: int = 0  # CPU threads for torch (0: all cores)
+    progress: bool = True  # tqdm progress bars
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 1024
+    many_shot: int = 100  # classes with more training images than this are "many-shot"
+    few_shot: int = 20  # classes with fewer training images than this are "few-shot"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: dict = field(default_factory=lambda: {"name": "finetune"})  # name + that method's own options
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "scenario.longtail_profile": ("exp", "step"),
+    "scenario.longtail_by": ("class_id", "arrival"),
+    "memory.selection": ("herding", "random", "closest"),
+    "train.optimizer": ("sgd", "adam", "adamw"),
+    "train.schedule": ("constant", "step", "cosine"),
+    "backbone.block": ("basic", "bottleneck"),
+}
+
+_NON_NEGATIVE = {
+    "scenario.initial", "memory.size", "memory.per_class", "train.initial_epochs", "train.lr",
+    "train.initial_lr", "train.momentum", "train.weight_decay", "train.warmup_epochs", "train.crop_padding",
+    "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
+    "eval.many_shot",
+}
+_POSITIVE = {"train.epochs", "train.batch_size", "eval.batch_size", "train.gamma", "data.num_classes",
+             "data.images_per_class"}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str, where: str):
+    """Check `value` against annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key, where)
+            except ConfigError:
+                continue
+        names = " or ".join(_type_name(t) for t in typing.get_args(tp))
+        raise ConfigError(f"{where}{key}: expected {names}, got {value!r} ({type(value).__name__}).")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list or origin is list:
+        if isinstance(value, list):
+            return value
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    raise ConfigError(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+
+
+def unknown_key_error(key: str, valid, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(valid), n=1)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
+    return ConfigError(f"{where}unknown config key {key!r}.{hint} Valid keys here: {', '.join(sorted(valid))}.")
+
+
+def build_dataclass(cls, values: dict, prefix: str, where: str):
+    """Instantiate dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}{prefix or 'config'}: expected a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise unknown_key_error(full, fields, where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_dataclass(tp, value if value is not None else {}, full, where)
+        else:
+            kwargs[key] = _coerce(value, tp, full, where)
+    return cls(**kwargs)
+
+
+def _validate_ranges(cfg: Config, where: str) -> None:
+    for dotted, choices in _CHOICES.items():
+        value = _get(cfg, dotted)
+        if value not in choices:
+            raise ConfigError(f"{where}{dotted}: {value!r} is not one of {', '.join(choices)}.")
+    for dotted in _NON_NEGATIVE:
+        value = _get(cfg, dotted)
+        if value < 0:
+            raise ConfigError(f"{where}{dotted}: {value!r} must be >= 0.")
+    for dotted in _POSITIVE:
+        value = _get(cfg, dotted)
+        if value <= 0:
+            raise ConfigError(f"{where}{dotted}: {value!r} must be > 0.")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"{where}train.lr: {cfg.train.lr!r} must be > 0.")
+    if cfg.scenario.imbalance_factor < 1:
+        raise ConfigError(
+            f"{where}scenario.imbalance_factor: {cfg.scenario.imbalance_factor!r} must be >= 1 "
+            "(1 = balanced, 100 = CIFAR-100-LT)."
+        )
+    if not 0 <= cfg.scenario.val_fraction < 1:
+        raise ConfigError(f"{where}scenario.val_fraction: {cfg.scenario.val_fraction!r} must be in [0, 1).")
+    inc = cfg.scenario.increment
+    if isinstance(inc, int) and inc < 0:
+        raise ConfigError(f"{where}scenario.increment: {inc!r} must be >= 0.")
+    if isinstance(inc, list) and not all(isinstance(v, int) and v > 0 for v in inc):
+        raise ConfigError(f"{where}scenario.increment: every task size in {inc!r} must be a positive integer.")
+    order = cfg.scenario.order
+    if isinstance(order, str) and order != "natural":
+        if not order.startswith("seed:") or not order[5:].lstrip("-").isdigit():
+            raise ConfigError(
+                f"{where}scenario.order: {order!r} is not valid; use 'natural', 'seed:N' (seed:1993 gives the "
+                "iCaRL order) or an explicit list of class ids."
+            )
+    if isinstance(order, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
+        raise ConfigError(f"{where}scenario.order: an explicit order must be a list of integer class ids.")
+    if not all(isinstance(m, int) and m > 0 for m in cfg.train.milestones):
+        raise ConfigError(f"{where}train.milestones: {cfg.train.milestones!r} must be positive epoch numbers.")
+    if cfg.eval.few_shot > cfg.eval.many_shot:
+        raise ConfigError(f"{where}eval.few_shot ({cfg.eval.few_shot}) must not exceed eval.many_shot.")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"{where}device: {cfg.device!r} is not one of auto, cpu, cuda, cuda:N.")
+    if not isinstance(cfg.method.get("name"), str):
+        raise ConfigError(f"{where}method.name: required, the name of a registered method (see `ltcil list methods`).")
+
+
+def _get(cfg, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.epochs=2' -> ('train.epochs', 2); values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=2).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (see `ltcil list configs` for the shipped ones).")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(tree).__name__}.")
+    return tree
+
+
+def from_dict(tree: dict, where: str = "") -> Config:
+    """Build and validate a Config; `where` (e.g. 'configs/x.yaml: ') prefixes every error."""
+    tree = dict(tree)
+    method = tree.get("method", {"name": "finetune"})
+    if isinstance(method, str):
+        method = {"name": method}
+    if not isinstance(method, dict):
+        raise ConfigError(f"{where}method: expected a mapping with 'name' and the method's options.")
+    tree["method"] = {"name": "finetune", **method} if "name" not in method else dict(method)
+    cfg = build_dataclass(Config, tree, "", where)
+    _validate_ranges(cfg, where)
+    return cfg
+
+
+def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Config:
+    """YAML file (or the quick-start default when None) + dotted overrides -> validated Config."""
+    tree: dict = {}
+    where = ""
+    if path is not None:
+        path = resolve_config_path(path)
+        tree = read_yaml(path)
+        where = f"{path}: "
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(tree, key, value)
+    return from_dict(tree, where)
+
+
+def config_dirs() -> list[Path]:
+    """Shipped configs: inside the installed wheel, or the repo's configs/ folder in a source checkout."""
+    here = Path(__file__).resolve().parent
+    return [p for p in (here / "configs", here.parents[1] / "configs") if p.is_dir()]
+
+
+def shipped_configs() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for folder in config_dirs():
+        for p in sorted(folder.glob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path, or the name of a shipped config (with or without .yaml)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = shipped_configs()
+    name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if name in shipped and len(p.parts) == 1:
+        return shipped[name]
+    close = difflib.get_close_matches(name, list(shipped), n=1)
+    hint = f" Did you mean the shipped config {close[0]!r}?" if close else ""
+    raise ConfigError(f"config file {path} does not exist.{hint} `ltcil list configs` shows the shipped ones.")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,88 @@
+"""The contract every data source fulfils: uint8 images, int64 labels, class names; nothing about tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class Split:
+    """One split of a dataset. images: uint8 (N, H, W, C); labels: int64 (N,), original class ids."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    class_names: list[str]
+    val: Optional[Split] = None  # only where the format ships one (MedMNIST, ImageNet-LT lists)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # (H, W, C)
+
+    def splits(self):
+        yield "train", self.train
+        yield "test", self.test
+        if self.val is not None:
+            yield "val", self.val
+
+    def validate(self, source: str) -> "Dataset":
+        """Check shapes, dtypes and label ranges; `source` (a path) is named in every error."""
+        shape = None
+        for split_name, split in self.splits():
+            images, labels = split.images, split.labels
+            if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+                raise DataError(
+                    f"{source}: {split_name} images must be a uint8 array of shape (N, H, W, C); got "
+                    f"{getattr(images, 'dtype', type(images))} with shape {getattr(images, 'shape', '?')}."
+                )
+            if images.shape[3] not in (1, 3):
+                raise DataError(f"{source}: {split_name} images have {images.shape[3]} channels; expected 1 or 3.")
+            if shape is None:
+                shape = images.shape[1:]
+            elif images.shape[1:] != shape:
+                raise DataError(
+                    f"{source}: {split_name} images have shape {images.shape[1:]} but train images have {shape}."
+                )
+            if labels.ndim != 1 or len(labels) != len(images):
+                raise DataError(
+                    f"{source}: {split_name} has {len(images)} images but labels of shape {labels.shape}; "
+                    "expected one integer label per image."
+                )
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(f"{source}: {split_name} labels must be integers, got {labels.dtype}.")
+            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+                bad = labels[(labels < 0) | (labels >= self.num_classes)][0]
+                raise DataError(
+                    f"{source}: {split_name} label {int(bad)} is out of range; the dataset has "
+                    f"{self.num_classes} classes (valid ids 0..{self.num_classes - 1})."
+                )
+            split.labels = labels.astype(np.int64, copy=False)
+        if len(self.train) == 0:
+            raise DataError(f"{source}: the training split is empty.")
+        return self
+
+
+def as_nhwc(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) grayscale -> (N, H, W, 1); (N, H, W, C) unchanged."""
+    if images.ndim == 3:
+        return images[..., None]
+    return images

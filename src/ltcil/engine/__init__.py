@@ -1,0 +1,1 @@
+"""The engine: training loop, optimiser/schedule, seeding, checkpoints and the experiment runner."""

@@ -1,0 +1,37 @@
+"""Optimiser and learning-rate schedule from a TrainConfig-like stage description."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def build_optimizer(params, stage, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=stage.momentum, weight_decay=stage.weight_decay, **fused)
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=stage.weight_decay, **fused)
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=stage.weight_decay, **fused)
+    raise ValueError(f"unknown optimizer {stage.optimizer!r}")
+
+
+def lr_factor(stage, epoch: int, epochs: int) -> float:
+    """Multiplier of the base lr at `epoch` (0-based): linear warm-up, then constant / step / cosine."""
+    warm = stage.warmup_epochs
+    if epoch < warm:
+        return (epoch + 1) / (warm + 1)
+    if stage.schedule == "step":
+        return stage.gamma ** sum(epoch >= m for m in stage.milestones)
+    if stage.schedule == "cosine":
+        span = max(epochs - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
+    return 1.0
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,206 @@
+"""One experiment end to end: data -> scenario -> per task (begin, train, end, evaluate, checkpoint) -> results.
+
+Every arrow is a plain function call on plain data; see DESIGN.md for the flow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import registry
+from ..backbones import build_backbone
+from ..config import Config, dump_config
+from ..errors import ConfigError, LtcilError
+from ..data.loader import DeviceData
+from ..evaluation.evaluator import evaluate_step
+from ..methods.base import IncrementalNet
+from ..reporting.events import EventLog
+from ..reporting.results import build_results, write_json
+from ..reporting.summary import summary_table
+from ..scenarios import build_scenario
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .context import TaskContext
+from .seed import generators, seed_task
+from .trainer import Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} was requested but no CUDA GPU is available; use device=cpu or auto.")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> int:
+    """Use the cores this process may run on (not the host's count inside a container)."""
+    n = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def check_components(cfg: Config) -> None:
+    """Fail on unknown names and method options before any data is loaded."""
+    registry.get("dataset", cfg.data.name, key="data.name")
+    registry.get("backbone", cfg.backbone.name, key="backbone.name")
+    method_cls = registry.get("method", cfg.method["name"], key="method.name")
+    method_cls.parse_options(cfg.method)
+
+
+def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.device):
+    method_cls = registry.get("method", cfg.method["name"], key="method.name")
+    options = method_cls.parse_options(cfg.method)
+
+    def new_model() -> IncrementalNet:
+        return IncrementalNet(build_backbone(cfg.backbone, in_channels, image_size))
+
+    method = method_cls(new_model(), options, cfg, device)
+    return method, new_model
+
+
+class Experiment:
+    """Holds the pieces of a run; `run()` executes the remaining tasks."""
+
+    def __init__(self, cfg: Config, run_dir: Path, progress: Optional[bool] = None, log=print):
+        check_components(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.progress = cfg.train.progress if progress is None else progress
+        self.threads = set_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.device)
+
+        t0 = time.perf_counter()
+        self.dataset = registry.get("dataset", cfg.data.name, key="data.name")(cfg.data)
+        val_labels = self.dataset.val.labels if self.dataset.val is not None else None
+        self.scenario = build_scenario(
+            cfg.scenario, self.dataset.train.labels, self.dataset.test.labels, self.dataset.num_classes, val_labels
+        )
+        channels_last = cfg.train.channels_last and self.device.type == "cuda"
+        self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
+        self.load_seconds = time.perf_counter() - t0
+        self.method, self.new_model = build_method(cfg, self.data.in_channels, self.data.image_size, self.device)
+        if channels_last:
+            self.method.model.to(memory_format=torch.channels_last)
+        self.steps: list = []
+        self.timing: list = []
+        self.next_task = 0
+
+    # --- persistence -------------------------------------------------------------------------------------
+    def _state(self, task_index: int) -> dict:
+        return {
+            "format": 1,
+            "task": task_index,
+            "config": self.cfg.to_dict(),
+            "method": self.method.state_dict(),
+            "steps": self.steps,
+            "timing": self.timing,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def restore(self) -> bool:
+        """Continue after the last complete checkpoint; False when there is none."""
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        state = load_checkpoint(path)
+        self.method.load_state_dict(state["method"])
+        self.steps = state["steps"]
+        self.timing = state["timing"]
+        self.next_task = state["task"] + 1
+        self.log(f"resuming {self.run_dir} after task {self.next_task} of {len(self.scenario.tasks)} ({path.name})")
+        return True
+
+    def results(self) -> dict:
+        extra = {"timing": self.timing, "device": str(self.device), "threads": self.threads}
+        extra.update(self.method.results_extra())
+        return build_results(
+            self.steps, self.scenario, self.cfg.to_dict(), self.method.headline, self.scenario.is_imbalanced, extra
+        )
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        events = EventLog(self.run_dir / "events.jsonl")
+        trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp)
+        tasks = self.scenario.tasks
+        if self.next_task == 0:
+            events.write({"event": "start", "num_tasks": len(tasks), "load_seconds": self.load_seconds,
+                          **self.scenario.to_dict(), "device": str(self.device), "threads": self.threads})
+        try:
+            for task in tasks[self.next_task:]:
+                self._run_task(task, trainer, events)
+            results = self.results()
+            write_json(self.run_dir / "results.json", results)
+            events.write({"event": "end", "average_incremental_accuracy": results["average_incremental_accuracy"],
+                          "last_accuracy": results["last_accuracy"]})
+        finally:
+            events.close()
+        return results
+
+    def _run_task(self, task, trainer: Trainer, events: EventLog) -> None:
+        cfg, t = self.cfg, task.index
+        seed_task(cfg.seed, t)
+        ctx = TaskContext(cfg, self.scenario, self.data, trainer, self.device,
+                          generators(cfg.seed, t, self.device), events, t, self.new_model)
+        timing = {"task": t}
+        t0 = time.perf_counter()
+        self.method.begin_task(task, ctx)
+        timing["begin"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        first = t == 0
+        epochs = cfg.train.initial_epochs if first and cfg.train.initial_epochs else cfg.train.epochs
+        lr = cfg.train.initial_lr if first and cfg.train.initial_lr else cfg.train.lr
+        indices = self.method.train_indices(task, ctx)
+        trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, cfg.train,
+                    epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model])
+        timing["train"] = time.perf_counter() - t0
+        timing["train_images"] = int(len(indices)) * epochs
+
+        t0 = time.perf_counter()
+        self.method.end_task(task, ctx)
+        timing["end"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        step = evaluate_step(self.method, self.data, self.scenario, t, cfg.eval)
+        timing["eval"] = time.perf_counter() - t0
+        self.steps.append(step)
+        self.timing.append(timing)
+
+        head = step["classifiers"][self.method.headline]
+        events.write({"event": "task", "task": t, "classes": task.original_classes, "top1": head["top1"],
+                      "top5": head["top5"], "row": head["row"], "old": head["old"], "new": head["new"],
+                      "classifiers": {k: v["top1"] for k, v in step["classifiers"].items()}, "timing": timing})
+        save_checkpoint(self.run_dir, t, self._state(t))
+        write_json(self.run_dir / "results.json", self.results())  # partial results survive a crash
+        self.next_task = t + 1
+        if self.progress:
+            self.log(f"task {t + 1}/{len(self.scenario.tasks)}: top-1 {head['top1']:.2f} on "
+                     f"{step['seen_classes']} classes ({timing['train']:.1f}s train)")
+
+
+def prepare_run_dir(run_dir: Path, force: bool) -> None:
+    """Never overwrite an existing run silently."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise LtcilError(
+                f"output folder {run_dir} already holds a run. Use `ltcil resume {run_dir}` to continue it, "
+                "--force to overwrite it, or choose another --out."
+            )
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.method['name']}_{cfg.data.name}_{stamp}"

@@ -1,0 +1,1 @@
+"""Evaluation: metrics over predictions and the per-task evaluator."""

@@ -1,0 +1,57 @@
+"""Evaluation after a task: predictions on the test split of every seen class, in large no-grad batches,
+turned into one step of the metrics (top-1/top-5, accuracy-matrix row, old/new, many/medium/few)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import metrics
+
+
+@torch.inference_mode()
+def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int) -> dict:
+    """Logits of every classifier the method reports, as float32 NumPy arrays, plus the targets."""
+    method.model.eval()
+    outputs: dict = {}
+    targets = []
+    for idx in data.index_batches(indices, batch_size, shuffle=False):
+        x, y = data.batch(split, idx)
+        for name, logits in method.predict(x).items():
+            outputs.setdefault(name, []).append(logits.float().cpu())
+        targets.append(y.cpu())
+    result = {name: torch.cat(chunks).numpy() for name, chunks in outputs.items()}
+    result["target"] = torch.cat(targets).numpy() if targets else np.zeros(0, dtype=np.int64)
+    return result
+
+
+def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str = "test") -> dict:
+    """Metrics on all classes seen after task `task_index`."""
+    tasks = scenario.tasks[: task_index + 1]
+    indices = np.concatenate([t.test_indices for t in tasks])
+    out = predict_all(method, data, split, indices, eval_cfg.batch_size)
+    target = out.pop("target")
+    seen = scenario.seen_classes(task_index)
+    task_of_class = np.concatenate([np.full(t.num_classes, t.index) for t in scenario.tasks])
+    new_mask = np.zeros(scenario.num_classes, dtype=bool)
+    new_mask[tasks[-1].classes] = True
+    old_mask = np.zeros(scenario.num_classes, dtype=bool)
+    old_mask[: seen] = True
+    old_mask &= ~new_mask
+
+    step: dict = {"task": task_index, "seen_classes": seen, "classifiers": {}}
+    for name, logits in out.items():
+        pred = logits.argmax(1)
+        entry = {
+            "top1": metrics.accuracy(pred, target),
+            "top5": float(metrics.topk_correct(logits, target, 5).mean() * 100) if len(target) else None,
+            "row": metrics.task_accuracies(pred, target, task_of_class, len(scenario.tasks)),
+            "old": metrics.group_accuracy(pred, target, old_mask),
+            "new": metrics.group_accuracy(pred, target, new_mask),
+            "per_class": metrics.per_class_accuracy(pred, target, seen).tolist(),
+        }
+        groups = metrics.shot_groups(scenario.train_counts, eval_cfg.many_shot, eval_cfg.few_shot)
+        for group, mask in groups.items():
+            entry[group] = metrics.group_accuracy(pred, target, mask)
+        step["classifiers"][name] = entry
+    return step

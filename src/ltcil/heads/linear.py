@@ -1,0 +1,80 @@
+"""A linear classifier that grows by whole classes as tasks arrive.
+
+Storage is one weight Parameter (and one bias) re-allocated on growth with the old rows copied in: growing
+creates only the new rows' values, old logits stay exactly as they were, and the optimiser sees a single
+tensor (the engine rebuilds the optimiser each task, so the swapped Parameter object is never stale).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class IncrementalLinear(nn.Module):
+    """logits = x W^T + b over every class added so far; starts with `num_classes` (default 0) rows."""
+
+    def __init__(self, in_features: int, num_classes: int = 0, bias: bool = True):
+        super().__init__()
+        self.in_features = in_features
+        self.weight = nn.Parameter(torch.empty(0, in_features))
+        self.bias = nn.Parameter(torch.empty(0)) if bias else None
+        if num_classes:
+            self.add_classes(num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def add_classes(self, n: int) -> None:
+        """Append n freshly initialised rows; existing rows are copied bit for bit."""
+        if n < 0:
+            raise ValueError(f"cannot add a negative number of classes ({n})")
+        if n:
+            self._resize(self.num_classes + n)
+
+    def ensure_classes(self, n: int) -> None:
+        """Grow to at least n classes (no-op when already that large)."""
+        self.add_classes(max(0, n - self.num_classes))
+
+    def _resize(self, n: int) -> None:
+        # The new tensors inherit device, dtype and requires_grad from the current ones.
+        keep = min(n, self.num_classes)
+        with torch.no_grad():
+            weight = self.weight.new_empty(n, self.in_features)
+            weight[:keep] = self.weight[:keep]
+            bias = None
+            if self.bias is not None:
+                bias = self.bias.new_empty(n)
+                bias[:keep] = self.bias[:keep]
+            self._init_rows(weight[keep:], None if bias is None else bias[keep:])
+        self.weight = nn.Parameter(weight, requires_grad=self.weight.requires_grad)
+        if bias is not None:
+            self.bias = nn.Parameter(bias, requires_grad=self.bias.requires_grad)
+
+    def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """nn.Linear's default: kaiming_uniform(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
+        weight.uniform_(-bound, bound)
+        if bias is not None:
+            bias.uniform_(-bound, bound)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Resize to the stored class count first, so a fresh (or smaller) head loads a grown one, also when
+        # it is nested in a bigger model. A wrong in_features is left for the default shape check to report.
+        stored = state_dict.get(prefix + "weight")
+        if isinstance(stored, torch.Tensor) and stored.dim() == 2 and stored.shape[1] == self.in_features:
+            if stored.shape[0] != self.num_classes:
+                self._resize(stored.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}"

@@ -1,0 +1,27 @@
+"""Distillation losses between a student's and a frozen teacher's logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 2.0, t_squared: bool = False) -> torch.Tensor:
+    """Hinton et al. 2015 distillation, batch mean. LwF (Li & Hoiem 2017, Eq. 2) and BiC (Wu et al. 2019, Eq. 1)
+    write it as the soft-target cross-entropy -sum softmax(teacher/T) log softmax(student/T), without T^2.
+    We compute KL(teacher || student) instead: the same gradient (they differ by the teacher's entropy, a
+    constant), and exactly zero when the student reproduces the teacher."""
+    log_p_teacher = F.log_softmax(teacher.float() / T, dim=1)
+    log_p_student = F.log_softmax(student.float() / T, dim=1)
+    loss = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1).mean()
+    return loss * T * T if t_squared else loss
+
+
+def sigmoid_targets_bce(logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor | None) -> torch.Tensor:
+    """iCaRL's loss (Rebuffi et al. 2017, Alg. 3): BCE on every seen class, one-hot targets for the labels,
+    with the old classes' targets replaced by the teacher's sigmoid outputs."""
+    targets = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    if old_logits is not None and old_logits.shape[1] > 0:
+        n_old = old_logits.shape[1]
+        targets[:, :n_old] = torch.sigmoid(old_logits.to(logits.dtype))
+    return F.binary_cross_entropy_with_logits(logits, targets)

@@ -1,0 +1,104 @@
+"""The method interface: a method is a model plus hooks the engine calls around each task.
+
+The engine owns epochs, optimisers, schedules, devices, logging and checkpoints; a method only says what
+to train on, what the loss of a batch is, what to do before and after a task, and how to predict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import build_dataclass
+from ..heads.linear import IncrementalLinear
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.context import TaskContext
+    from ..scenarios import Task
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """Methods without options of their own."""
+
+
+class IncrementalNet(nn.Module):
+    """Backbone + growable head; logits cover every class seen so far."""
+
+    def __init__(self, backbone: nn.Module, head: Optional[nn.Module] = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else IncrementalLinear(backbone.num_features)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+
+class Method:
+    """Base class with the no-op defaults of DESIGN.md; subclasses override what they need."""
+
+    Options = NoOptions  # a dataclass of the method's own config keys (method.<key>)
+    headline = "logits"  # which of predict()'s classifiers results.json's "accuracy" reports
+
+    def __init__(self, model: IncrementalNet, options, cfg, device: torch.device):
+        self.model = model.to(device)
+        self.options = options
+        self.cfg = cfg
+        self.device = device
+
+    @classmethod
+    def parse_options(cls, method_section: dict, where: str = ""):
+        values = {k: v for k, v in method_section.items() if k != "name"}
+        return build_dataclass(cls.Options, values, "method", where)
+
+    # --- hooks -------------------------------------------------------------------------------------------
+    def begin_task(self, task: "Task", ctx: "TaskContext") -> None:
+        """Grow the head for the task's classes."""
+        self.model.head.add_classes(task.num_classes)
+        self.model.head.to(self.device)
+
+    def train_indices(self, task: "Task", ctx: "TaskContext") -> np.ndarray:
+        """Indices into the train split to train on in this task (default: the task's own data)."""
+        return task.train_indices
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Named losses for one batch; the engine optimises losses["loss"]."""
+        return {"loss": F.cross_entropy(self.model(x), y)}
+
+    def end_task(self, task: "Task", ctx: "TaskContext") -> None:
+        pass
+
+    def predict(self, x: torch.Tensor) -> dict:
+        """Logits over all seen classes, per classifier; the key "logits" is the headline classifier."""
+        return {"logits": self.model(x)}
+
+    def results_extra(self) -> dict:
+        """Method-specific entries for results.json (e.g. BiC's fitted scale/shift per task)."""
+        return {}
+
+    # --- state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Tensors and plain data only (checkpoints load with weights_only=True)."""
+        return {"model": self.model.state_dict(), "num_classes": self.model.num_classes}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = state["num_classes"] - self.model.num_classes
+        if missing > 0:
+            self.model.head.add_classes(missing)
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device)

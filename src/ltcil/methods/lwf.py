@@ -1,0 +1,43 @@
+"""Learning without Forgetting (Li & Hoiem, ECCV 2016 / TPAMI 2017), class-incremental, no exemplars."""
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from ..losses.distillation import kd_loss, sigmoid_targets_bce
+from ..registry import register_method
+from .distillation_base import TeacherMethod
+
+
+@dataclass
+class LwFOptions:
+    # "bce": iCaRL-style sigmoid targets from the old model (seed 3's "second way"); "kd": CE + lambda * KD(T).
+    # bce is the default: with softmax CE + KD on tasks of 2 classes the new-class bias swamps the old logits
+    # and LwF barely beats finetune, while the per-class sigmoid targets keep the old outputs calibrated.
+    loss: str = "bce"
+    T: float = 2.0  # Sec. 3, Eq. 2: temperature of the knowledge-distillation term (kd loss)
+    lamb: float = 1.0  # Sec. 3: lambda_o balancing old-task distillation against the new-task loss (kd loss)
+
+
+@register_method("lwf")
+class LwF(TeacherMethod):
+    Options = LwFOptions
+    uses_memory = False  # LwF stores no exemplars
+
+    def __init__(self, model, options, cfg, device):
+        if options.loss not in ("kd", "bce"):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"method.loss: {options.loss!r} is not one of kd, bce.")
+        super().__init__(model, options, cfg, device)
+
+    def training_step(self, x, y):
+        logits = self.model(x)
+        old = self.teacher_logits(x) if self.teacher is not None else None
+        if self.options.loss == "bce":
+            return {"loss": sigmoid_targets_bce(logits, y, old)}
+        ce = F.cross_entropy(logits, y)
+        if old is None:
+            return {"loss": ce, "ce": ce}
+        kd = kd_loss(logits[:, : self.old_classes], old, self.options.T)
+        return {"loss": ce + self.options.lamb * kd, "ce": ce, "kd": kd}

@@ -1,0 +1,1 @@
+"""Reporting: the JSONL event log, results.json and the printed summary."""

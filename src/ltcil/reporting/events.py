@@ -1,0 +1,33 @@
+"""The machine log: one JSON object per line (epochs, tasks, stages), appended and flushed as it happens."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class EventLog:
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path is not None else None
+        self._fh = open(self.path, "a", buffering=1) if self.path is not None else None
+
+    def write(self, event: dict) -> None:
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps({"time": time.time(), **event}, default=_plain) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _plain(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

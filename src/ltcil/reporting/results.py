@@ -1,0 +1,62 @@
+"""results.json: every metric of a run, assembled from the per-task evaluation steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from ..evaluation import metrics
+
+
+def _clean(obj):
+    """NaN -> None so results.json is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def build_results(steps: list, scenario, config: dict, headline: str, imbalanced: bool, extra: dict) -> dict:
+    head = [s["classifiers"][headline] for s in steps]
+    acc = [e["top1"] for e in head]
+    matrix = [e["row"][: t + 1] for t, e in enumerate(head)]
+    results = {
+        "accuracy": acc,
+        "accuracy_top5": [e["top5"] for e in head],
+        "accuracy_matrix": matrix,
+        "average_incremental_accuracy": metrics.average_incremental_accuracy(acc) if acc else None,
+        "last_accuracy": acc[-1] if acc else None,
+        "forgetting": metrics.forgetting(matrix),
+        "forgetting_per_step": metrics.forgetting_per_step(matrix),
+        "accuracy_old": [e["old"] for e in head],
+        "accuracy_new": [e["new"] for e in head],
+        "headline_classifier": headline,
+        "tasks": [t.original_classes for t in scenario.tasks],
+        "completed_tasks": len(steps),
+        **scenario.to_dict(),
+        "per_class_accuracy": [e["per_class"] for e in head],
+    }
+    classifiers = list(steps[0]["classifiers"]) if steps else [headline]
+    if len(classifiers) > 1:
+        for name in classifiers:
+            series = [s["classifiers"][name]["top1"] for s in steps]
+            results[f"accuracy_{name}"] = series
+            results[f"average_incremental_accuracy_{name}"] = metrics.average_incremental_accuracy(series)
+    if imbalanced:
+        for group in ("many", "medium", "few"):
+            results[f"accuracy_{group}"] = [e[group] for e in head]
+    results.update(extra)
+    results["config"] = config
+    return _clean(results)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

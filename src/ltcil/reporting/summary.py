@@ -1,0 +1,30 @@
+"""The table printed at the end of a run: accuracy per task and the headline metrics."""
+
+from __future__ import annotations
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:5.1f}"
+
+
+def summary_table(results: dict) -> str:
+    acc = results["accuracy"]
+    lines = []
+    header = ["task", "classes", "top-1", "top-5", "old", "new"]
+    extra_keys = [k for k in results if k.startswith("accuracy_") and isinstance(results[k], list)
+                  and k not in ("accuracy_top5", "accuracy_old", "accuracy_new", "accuracy_matrix")]
+    header += [k[len("accuracy_"):] for k in extra_keys]
+    lines.append("  ".join(f"{h:>7}" for h in header))
+    seen = 0
+    for t, a in enumerate(acc):
+        seen += len(results["tasks"][t])
+        row = [str(t + 1), str(seen), _fmt(a), _fmt(results["accuracy_top5"][t]),
+               _fmt(results["accuracy_old"][t]), _fmt(results["accuracy_new"][t])]
+        row += [_fmt(results[k][t]) for k in extra_keys]
+        lines.append("  ".join(f"{c:>7}" for c in row))
+    lines.append("")
+    lines.append(f"average incremental accuracy: {_fmt(results['average_incremental_accuracy']).strip()}")
+    lines.append(f"last accuracy:                {_fmt(results['last_accuracy']).strip()}")
+    lines.append(f"forgetting:                   {_fmt(results['forgetting']).strip()}")
+    lines.append(f"headline classifier:          {results['headline_classifier']}")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+import torch
+
+from ltcil.data.augment import AugmentSpec, augment_uint8, color_jitter, random_crop, random_flip, random_resized_crop
+
+
+def test_random_crop_is_a_shift_of_the_padded_image():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.uint8).reshape(2, 3, 6, 6)
+    gen = torch.Generator().manual_seed(0)
+    out = random_crop(x, 2, gen)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [(i, j) for i in range(5) for j in range(5)
+                   if torch.equal(padded[b, :, i:i + 6, j:j + 6], out[b])]
+        assert windows, "every crop must be a window of the padded image"
+
+
+def test_random_crop_covers_all_offsets():
+    x = torch.zeros(4000, 1, 3, 3, dtype=torch.uint8)
+    x[:, :, 1, 1] = 1  # track where the centre lands
+    out = random_crop(x, 1, torch.Generator().manual_seed(1))
+    positions = out[:, 0].flatten(1).float().argmax(1)
+    assert len(torch.unique(positions)) == 9  # 3x3 offsets with padding 1 -> centre anywhere
+
+
+def test_flip_flips_about_half():
+    x = torch.arange(8, dtype=torch.uint8).reshape(1, 1, 1, 8).repeat(1000, 1, 1, 1)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (out[:, 0, 0, 0] == 7).float().mean().item()
+    assert 0.45 < flipped < 0.55
+    assert all(torch.equal(o, x[0]) or torch.equal(o, x[0].flip(2)) for o in out[:20])
+
+
+def test_augment_is_deterministic_for_a_generator():
+    x = torch.randint(0, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    spec = AugmentSpec(crop_padding=2, flip=True)
+    a = augment_uint8(x, spec, torch.Generator().manual_seed(3))
+    b = augment_uint8(x, spec, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_resized_crop_and_jitter_keep_shape_and_range():
+    x = torch.rand(8, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    y = random_resized_crop(x, gen)
+    z = color_jitter(x, 0.4, gen)
+    assert y.shape == x.shape and z.shape == x.shape
+    assert z.min() >= 0 and z.max() <= 1
+    assert not torch.allclose(y, x)
