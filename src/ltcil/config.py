@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # constant | step | cosine
     milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
+    initial_milestones: Optional[list] = None  # milestones of the first task (None: same as milestones)
+    initial_weight_decay: Optional[float] = None  # weight decay of the first task (None: same as weight_decay)
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
     crop_padding: int = 4  # random crop with this zero padding (0 disables)
@@ -124,6 +127,9 @@ _POSITIVE = {"train.epochs", "train.batch_size", "eval.batch_size", "train.gamma
              "data.images_per_class"}
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -151,6 +157,8 @@ def _coerce(value: Any, tp, key: str, where: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -225,8 +233,10 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             )
     if isinstance(order, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
         raise ConfigError(f"{where}scenario.order: an explicit order must be a list of integer class ids.")
-    if not all(isinstance(m, int) and m > 0 for m in cfg.train.milestones):
-        raise ConfigError(f"{where}train.milestones: {cfg.train.milestones!r} must be positive epoch numbers.")
+    for key in ("milestones", "initial_milestones"):
+        value = getattr(cfg.train, key)
+        if value is not None and not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value):
+            raise ConfigError(f"{where}train.{key}: {value!r} must be a list of positive epoch numbers.")
     if cfg.eval.few_shot > cfg.eval.many_shot:
         raise ConfigError(f"{where}eval.few_shot ({cfg.eval.few_shot}) must not exceed eval.many_shot.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
@@ -296,18 +306,52 @@ def from_dict(tree: dict, where: str = "") -> Config:
     return cfg
 
 
+def deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_with_base(path: Path, chain: tuple = ()) -> dict:
+    """A config may start from another: `base: icarl_resnet32_cifar100_b0inc10` (a shipped name or a path
+    relative to the file); its own keys override the base's, section by section."""
+    tree = read_yaml(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the name or path of another config, got {base!r}.")
+    candidate = path.parent / base
+    base_path = candidate if candidate.exists() else resolve_config_path(base)
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{path}: base: {base!r} includes itself (cycle: {' -> '.join(map(str, chain))}).")
+    parent = read_with_base(base_path, chain + (path.resolve(),))
+    # Another method's options would not validate: a config naming a new method starts its section afresh.
+    new_method = tree.get("method", {}).get("name") if isinstance(tree.get("method"), dict) else None
+    if new_method and isinstance(parent.get("method"), dict) and parent["method"].get("name") != new_method:
+        parent = {k: v for k, v in parent.items() if k != "method"}
+    return deep_merge(parent, tree)
+
+
 def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Config:
-    """YAML file (or the quick-start default when None) + dotted overrides -> validated Config."""
+    """YAML file (or the built-in defaults when None) + dotted overrides -> validated Config."""
     tree: dict = {}
     where = ""
     if path is not None:
         path = resolve_config_path(path)
-        tree = read_yaml(path)
+        tree = read_with_base(path)
         where = f"{path}: "
+    if not overrides:
+        return from_dict(tree, where)
+    from_dict(tree, where)  # the file alone first, so its own mistakes are reported against it
     for text in overrides:
         key, value = parse_override(text)
         apply_override(tree, key, value)
-    return from_dict(tree, where)
+    return from_dict(tree, "command-line override: ")
 
 
 def config_dirs() -> list[Path]:

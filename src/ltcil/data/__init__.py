@@ -2,3 +2,4 @@
 
 from .base import Dataset, Split  # noqa: F401
 from . import synthetic  # noqa: F401,E402
+from . import digits  # noqa: F401,E402

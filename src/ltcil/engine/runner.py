@@ -5,6 +5,7 @@ Every arrow is a plain function call on plain data; see DESIGN.md for the flow.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -159,8 +160,17 @@ class Experiment:
         first = t == 0
         epochs = cfg.train.initial_epochs if first and cfg.train.initial_epochs else cfg.train.epochs
         lr = cfg.train.initial_lr if first and cfg.train.initial_lr else cfg.train.lr
+        stage = cfg.train
+        if first and (cfg.train.initial_milestones is not None or cfg.train.initial_weight_decay is not None):
+            stage = dataclasses.replace(
+                cfg.train,
+                milestones=cfg.train.initial_milestones if cfg.train.initial_milestones is not None
+                else cfg.train.milestones,
+                weight_decay=cfg.train.initial_weight_decay if cfg.train.initial_weight_decay is not None
+                else cfg.train.weight_decay,
+            )
         indices = self.method.train_indices(task, ctx)
-        trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, cfg.train,
+        trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, stage,
                     epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model])
         timing["train"] = time.perf_counter() - t0
         timing["train_images"] = int(len(indices)) * epochs

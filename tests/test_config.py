@@ -1,0 +1,99 @@
+import pytest
+import yaml
+
+from ltcil.config import dump_config, from_dict, load_config, shipped_configs
+from ltcil.engine.runner import check_components
+from ltcil.errors import ConfigError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("train:\n  epoch: 3\n", r"unknown config key 'train.epoch'. Did you mean 'train.epochs'"),
+        ("trian:\n  lr: 1\n", r"unknown config key 'trian'. Did you mean 'train'"),
+        ("train:\n  epochs: three\n", r"train.epochs: expected int, got 'three'"),
+        ("train:\n  lr: -1\n", r"train.lr: -1.0 must be"),
+        ("train:\n  batch_size: 0\n", r"train.batch_size: 0 must be > 0"),
+        ("train:\n  optimizer: rmsprop\n", r"train.optimizer: 'rmsprop' is not one of sgd, adam, adamw"),
+        ("scenario:\n  order: random\n", r"scenario.order: 'random' is not valid"),
+        ("scenario:\n  imbalance_factor: 0.5\n", r"scenario.imbalance_factor: 0.5 must be >= 1"),
+        ("scenario:\n  val_fraction: 1.5\n", r"scenario.val_fraction"),
+        ("scenario:\n  increment: [10, -2]\n", r"scenario.increment"),
+        ("memory:\n  selection: kmeans\n", r"memory.selection: 'kmeans'"),
+        ("device: tpu\n", r"device: 'tpu'"),
+        ("train: 5\n", r"train: expected a mapping"),
+        ("- a\n- b\n", r"must hold a mapping"),
+        ("train:\n  lr: [\n", r"not valid YAML"),
+        ("train:\n  flip: 1\n", r"train.flip: expected bool"),
+    ],
+)
+def test_bad_configs_name_key_value_and_file(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(path)
+    if "mapping of sections" not in str(info.value) and "YAML" not in str(info.value):
+        assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("method.name=icrl", r"unknown method 'icrl'.*Did you mean 'icarl'"),
+        ("data.name=cifar1000", r"data.name: unknown dataset 'cifar1000'"),
+        ("backbone.name=resnet33", r"backbone.name: unknown backbone 'resnet33'"),
+        ("method.temperature=3", r"unknown config key 'method.temperature'"),
+    ],
+)
+def test_bad_component_names_fail_before_data_loads(override, match):
+    cfg = load_config(None, [override])
+    with pytest.raises(ConfigError, match=match):
+        check_components(cfg)
+
+
+def test_overrides_and_yaml_values():
+    cfg = load_config(None, ["train.epochs=2", "scenario.order=[3,1,2]", "train.flip=false", "train.lr=1e-3"])
+    assert cfg.train.epochs == 2 and cfg.scenario.order == [3, 1, 2]
+    assert cfg.train.flip is False and cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_resolved_config_round_trips():
+    cfg = load_config(None, ["train.epochs=3", "method.name=bic", "method.T=3.0"])
+    again = from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+def test_base_inheritance_and_method_switch(tmp_path):
+    write(tmp_path, "method:\n  name: bic\n  T: 3.0\ntrain:\n  epochs: 7\n  lr: 0.5\n", "parent.yaml")
+    child = write(tmp_path, "base: parent.yaml\nmethod:\n  name: lwf\ntrain:\n  epochs: 2\n")
+    cfg = load_config(child)
+    assert cfg.method == {"name": "lwf"}  # bic's options are not carried to another method
+    assert cfg.train.epochs == 2 and cfg.train.lr == 0.5
+
+
+def test_base_cycle_is_reported(tmp_path):
+    write(tmp_path, "base: b.yaml\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_every_shipped_config_validates(name):
+    cfg = load_config(name)
+    check_components(cfg)
+
+
+def test_missing_config_file_suggests_shipped_name():
+    with pytest.raises(ConfigError, match="Did you mean the shipped config 'icarl_resnet32_cifar100_b0inc10'"):
+        load_config("icarl_resnet32_cifar100_b0inc1")
