@@ -1,5 +1,4 @@
-"""Data sources. Importing this package registers every built-in source."""
+"""Data sources, one module per format. Importing this package registers every built-in source."""
 
+from . import arrays, cifar, digits, imagelist, medmnist, synthetic  # noqa: F401
 from .base import Dataset, Split  # noqa: F401
-from . import synthetic  # noqa: F401,E402
-from . import digits  # noqa: F401,E402

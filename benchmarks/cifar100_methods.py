@@ -1,0 +1,62 @@
+"""Accuracy and wall time of several methods on one CIFAR-100 scenario (short CPU schedules by default).
+
+    python benchmarks/cifar100_methods.py --data-root ../shared/data --out runs/bench_cifar \
+        --runs finetune_resnet32_cifar100_b0inc10_short lwf_resnet32_cifar100_b0inc10_short \
+               icarl_resnet32_cifar100_b0inc10_short bic_resnet32_cifar100_b0inc10_short \
+        --set train.epochs=2
+
+Prints one JSON line per run (machine-readable) and a table at the end. Not run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+from ltcil.config import load_config
+from ltcil.engine.runner import Experiment, prepare_run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_cifar"))
+    parser.add_argument("--runs", nargs="+", required=True, help="shipped config names or YAML paths")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides applied to every run")
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.runs:
+        cfg = load_config(name, [f"data.root={args.data_root}", "train.progress=false", *args.set])
+        run_dir = args.out / Path(name).stem
+        prepare_run_dir(run_dir, force=True)
+        start = time.perf_counter()
+        results = Experiment(cfg, run_dir, progress=False).run()
+        wall = time.perf_counter() - start
+        row = {
+            "run": Path(name).stem, "method": cfg.method["name"], "epochs": cfg.train.epochs,
+            "average_incremental_accuracy": results["average_incremental_accuracy"],
+            "last_accuracy": results["last_accuracy"], "forgetting": results["forgetting"],
+            "accuracy": results["accuracy"], "wall_seconds": wall,
+            "train_seconds": sum(t["train"] for t in results["timing"]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "overrides": args.set,
+        }
+        for key in ("accuracy_linear", "accuracy_before_correction"):
+            if key in results:
+                row[key] = results[key]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+
+    print(f"\n{'run':45s} {'avg inc':>8s} {'last':>6s} {'forget':>7s} {'wall s':>8s}")
+    for r in rows:
+        forget = "-" if r["forgetting"] is None else f"{r['forgetting']:.1f}"
+        print(f"{r['run']:45s} {r['average_incremental_accuracy']:8.2f} {r['last_accuracy']:6.2f} {forget:>7s} "
+              f"{r['wall_seconds']:8.0f}")
+
+
+if __name__ == "__main__":
+    main()

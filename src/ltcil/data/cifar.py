@@ -1,0 +1,204 @@
+"""CIFAR-10 / CIFAR-100 from the official python archives (Krizhevsky 2009).
+
+Reads `cifar-100-python.tar.gz` (or the extracted `cifar-100-python/` folder) from data.root; the pickles are
+read straight out of the tar stream, so a read-only copy works and nothing is extracted. When the files are
+absent, downloads the official archive (md5-checked) if data.download is true and the network allows.
+User-supplied files are validated by structure (keys, shapes, label ranges, counts), not by checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..registry import register_dataset
+from .base import Dataset, Split
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    name: str
+    archive: str
+    folder: str
+    url: str
+    md5: str
+    train_files: tuple
+    test_file: str
+    meta_file: str
+    label_key: str
+    names_key: str
+    num_classes: int
+    train_count: int = 50000
+    test_count: int = 10000
+
+
+CIFAR100 = CifarSpec(
+    "cifar100", "cifar-100-python.tar.gz", "cifar-100-python",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+    ("train",), "test", "meta", "fine_labels", "fine_label_names", 100,
+)
+CIFAR10 = CifarSpec(
+    "cifar10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+    tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", "labels", "label_names", 10,
+)
+
+_CORRUPT = (EOFError, OSError, tarfile.TarError, zlib.error, pickle.UnpicklingError, ValueError, KeyError,
+            AttributeError, IndexError, TypeError)
+
+
+def check_member(name: str, archive: Path) -> None:
+    """Reject tar members that would escape an extraction folder (absolute paths, '..')."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")):
+        raise DataError(f"{archive}: archive member {name!r} would escape the extraction folder; refusing to read it.")
+
+
+def _key(d: dict, key: str, source: str):
+    for k in (key, key.encode()):
+        if k in d:
+            return d[k]
+    raise DataError(f"{source}: key {key!r} is missing (found: {sorted(str(k) for k in d)[:8]}).")
+
+
+def _unpickle(raw: bytes, source: str) -> dict:
+    obj = pickle.loads(raw, encoding="bytes")
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: expected a pickled dict, got {type(obj).__name__}.")
+    return obj
+
+
+def _read_members_from_archive(archive: Path, wanted: list[str]) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                check_member(member.name, archive)
+                base = PurePosixPath(member.name).name
+                if member.isfile() and base in wanted and base not in found:
+                    found[base] = _unpickle(tar.extractfile(member).read(), f"{archive}:{member.name}")
+    except DataError:
+        raise
+    except _CORRUPT as exc:
+        raise DataError(
+            f"{archive} is corrupt or truncated ({type(exc).__name__}: {exc}). Delete it and download it again."
+        ) from None
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise DataError(f"{archive}: the archive has no member named {missing[0]!r}; is it the right archive?")
+    return found
+
+
+def _read_members_from_folder(folder: Path, wanted: list[str]) -> dict[str, dict]:
+    found = {}
+    for name in wanted:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{folder}: file {name!r} is missing from the extracted CIFAR folder.")
+        try:
+            found[name] = _unpickle(path.read_bytes(), str(path))
+        except DataError:
+            raise
+        except _CORRUPT as exc:
+            raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}).") from None
+    return found
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(spec: CifarSpec, root: Path) -> Path:
+    target = root / spec.archive
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=30) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        if _md5(Path(tmp)) != spec.md5:
+            os.unlink(tmp)
+            raise DataError(f"downloaded {spec.url} but its md5 does not match {spec.md5}; try again.")
+        os.replace(tmp, target)
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(
+            f"{spec.name} not found and could not be downloaded ({exc}). Put the official {spec.archive} "
+            f"(from {spec.url}) at {target.resolve()}, or set data.root to the folder that holds it."
+        ) from None
+    return target
+
+
+def locate(spec: CifarSpec, cfg: DataConfig) -> Path:
+    root = Path(cfg.root).expanduser()
+    if root.is_file():
+        return root
+    for candidate in (root / spec.archive, root / spec.folder):
+        if candidate.exists():
+            return candidate
+    if root.name == spec.folder and root.is_dir():
+        return root
+    if not cfg.download:
+        raise DataError(
+            f"{spec.name} not found: expected {(root / spec.archive).resolve()} (the official archive, from "
+            f"{spec.url}) or the extracted folder {(root / spec.folder).resolve()}. data.download is false."
+        )
+    return download(spec, root)
+
+
+def _split(batches: list[dict], spec: CifarSpec, source: str, expected: int) -> Split:
+    images, labels = [], []
+    for batch in batches:
+        data = np.asarray(_key(batch, "data", source))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{source}: key 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}.")
+        lab = np.asarray(_key(batch, spec.label_key, source), dtype=np.int64)
+        if len(lab) != len(data):
+            raise DataError(f"{source}: {len(data)} images but {len(lab)} entries in {spec.label_key!r}.")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # R/G/B planes -> HWC
+        labels.append(lab)
+    split = Split(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
+    if len(split) != expected:
+        raise DataError(f"{source}: expected {expected} images, found {len(split)}; the file is incomplete.")
+    return split
+
+
+def load_cifar(spec: CifarSpec, cfg: DataConfig) -> Dataset:
+    path = locate(spec, cfg)
+    wanted = [*spec.train_files, spec.test_file, spec.meta_file]
+    members = _read_members_from_archive(path, wanted) if path.is_file() else _read_members_from_folder(path, wanted)
+    train = _split([members[f] for f in spec.train_files], spec, f"{path} ({'/'.join(spec.train_files)})",
+                   spec.train_count)
+    test = _split([members[spec.test_file]], spec, f"{path} ({spec.test_file})", spec.test_count)
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in _key(members[spec.meta_file], spec.names_key, f"{path} ({spec.meta_file})")]
+    if len(names) != spec.num_classes:
+        raise DataError(f"{path} ({spec.meta_file}): {len(names)} class names, expected {spec.num_classes}.")
+    return Dataset(spec.name, train, test, names, meta={"path": str(path)}).validate(str(path))
+
+
+@register_dataset("cifar100")
+def load_cifar100(cfg: DataConfig) -> Dataset:
+    return load_cifar(CIFAR100, cfg)
+
+
+@register_dataset("cifar10")
+def load_cifar10(cfg: DataConfig) -> Dataset:
+    return load_cifar(CIFAR10, cfg)
