@@ -27,7 +27,7 @@ from ..reporting.summary import summary_table
 from ..scenarios import build_scenario
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .context import TaskContext
-from .seed import generators, seed_task
+from .seed import generators, seed_task, task_seed
 from .trainer import Trainer
 
 
@@ -86,6 +86,7 @@ class Experiment:
         channels_last = cfg.train.channels_last and self.device.type == "cuda"
         self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
         self.load_seconds = time.perf_counter() - t0
+        torch.manual_seed(task_seed(cfg.seed, 0, 3))  # the initial weights depend on the seed alone
         self.method, self.new_model = build_method(cfg, self.data.in_channels, self.data.image_size, self.device)
         if channels_last:
             self.method.model.to(memory_format=torch.channels_last)

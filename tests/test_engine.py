@@ -1,0 +1,87 @@
+"""Engine behaviour: determinism, schedules, non-finite losses, events, per-task timing."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import run_tiny, tiny_config
+from ltcil.config import TrainConfig
+from ltcil.engine.optim import lr_factor
+from ltcil.engine.runner import Experiment
+from ltcil.engine.trainer import NonFiniteLossError
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path):
+    a = run_tiny(tmp_path / "a", "method.name=icarl")
+    b = run_tiny(tmp_path / "b", "method.name=icarl")
+    for key in ("accuracy", "accuracy_linear", "accuracy_matrix", "per_class_accuracy"):
+        assert a[key] == b[key]
+
+
+def test_training_seed_changes_results(tmp_path):
+    a = run_tiny(tmp_path / "a", "seed=1")
+    b = run_tiny(tmp_path / "b", "seed=2")
+    assert a["per_class_accuracy"] != b["per_class_accuracy"] or a["accuracy"] != b["accuracy"]
+
+
+def test_lr_schedules():
+    step = TrainConfig(schedule="step", milestones=[49, 63], gamma=0.2)
+    assert [lr_factor(step, e, 70) for e in (0, 48, 49, 62, 63, 69)] == pytest.approx([1, 1, 0.2, 0.2, 0.04, 0.04])
+    cos = TrainConfig(schedule="cosine", warmup_epochs=2)
+    assert lr_factor(cos, 0, 12) == pytest.approx(1 / 3) and lr_factor(cos, 1, 12) == pytest.approx(2 / 3)
+    assert lr_factor(cos, 2, 12) == pytest.approx(1.0) and lr_factor(cos, 11, 12) < 0.05
+
+
+def test_non_finite_loss_stops_with_task_and_epoch(tmp_path):
+    exp = Experiment(tiny_config("method.name=finetune"), tmp_path)
+    original = exp.method.training_step
+
+    def exploding(x, y):
+        losses = original(x, y)
+        if exp.next_task == 1:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    exp.method.training_step = exploding
+    with pytest.raises(NonFiniteLossError, match="task 2, stage 'train', epoch 1"):
+        exp.run()
+    assert (tmp_path / "checkpoints" / "task_000.pt").exists()  # the last good checkpoint is kept
+    assert not (tmp_path / "checkpoints" / "task_001.pt").exists()
+
+
+def test_events_and_timing(tmp_path):
+    results = run_tiny(tmp_path, "method.name=finetune", "train.epochs=2")
+    events = [json.loads(l) for l in (tmp_path / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("epoch") == 6 and kinds.count("task") == 3
+    assert all(e["images_per_second"] > 0 for e in events if e["event"] == "epoch")
+    assert [t["task"] for t in results["timing"]] == [0, 1, 2]
+    assert all(t["train"] > 0 and t["eval"] > 0 for t in results["timing"])
+
+
+def test_imbalanced_scenario_reports_shot_groups(tmp_path):
+    results = run_tiny(tmp_path, "scenario.imbalance_factor=10", "data.images_per_class=120",
+                       "eval.many_shot=60", "eval.few_shot=20")
+    assert results["train_counts"][0] == 120 and results["train_counts"][-1] == 12
+    for key in ("accuracy_many", "accuracy_medium", "accuracy_few"):
+        assert len(results[key]) == 3
+    balanced = run_tiny(tmp_path / "b")
+    assert "accuracy_many" not in balanced
+
+
+def test_val_split_is_never_trained_on(tmp_path):
+    exp = Experiment(tiny_config("scenario.val_fraction=0.25"), tmp_path)
+    trained = set()
+    original = exp.method.train_indices
+
+    def spy(task, ctx):
+        idx = original(task, ctx)
+        trained.update(idx.tolist())
+        return idx
+
+    exp.method.train_indices = spy
+    exp.run()
+    val = set(torch.cat([torch.as_tensor(t.val_indices) for t in exp.scenario.tasks]).tolist())
+    assert val and not (val & trained)
