@@ -215,3 +215,28 @@ def test_imagelist_errors_name_the_file(tmp_path):
         load("imagelist", root=str(tmp_path), image_size=8, train_list="bad.txt", val_list="bad.txt")
     with pytest.raises(DataError, match="data.image_size"):
         load("imagelist", root=str(tmp_path))
+
+
+def test_failed_download_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match="could not be downloaded") as info:
+        load("cifar100", root=str(tmp_path / "data"), download=True)
+    assert str(tmp_path / "data" / "cifar-100-python.tar.gz") in str(info.value)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_download_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
+    class FakeResponse(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"not the archive"))
+    with pytest.raises(DataError, match="md5 does not match"):
+        load("cifar100", root=str(tmp_path), download=True)
+    assert list(tmp_path.iterdir()) == []

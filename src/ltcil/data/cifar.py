@@ -126,6 +126,7 @@ def _md5(path: Path) -> str:
 
 def download(spec: CifarSpec, root: Path) -> Path:
     target = root / spec.archive
+    tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
@@ -133,9 +134,9 @@ def download(spec: CifarSpec, root: Path) -> Path:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
         if _md5(Path(tmp)) != spec.md5:
-            os.unlink(tmp)
             raise DataError(f"downloaded {spec.url} but its md5 does not match {spec.md5}; try again.")
         os.replace(tmp, target)
+        tmp = None
     except DataError:
         raise
     except OSError as exc:
@@ -143,6 +144,9 @@ def download(spec: CifarSpec, root: Path) -> Path:
             f"{spec.name} not found and could not be downloaded ({exc}). Put the official {spec.archive} "
             f"(from {spec.url}) at {target.resolve()}, or set data.root to the folder that holds it."
         ) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)  # never leave a partial download behind
     return target
 
 
