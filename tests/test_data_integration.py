@@ -46,7 +46,7 @@ def test_breastmnist(shared_data):
 
 def test_breastmnist_runs_end_to_end(shared_data, tmp_path):
     need(shared_data, "breastmnist.npz")
-    cfg = load_config(None, [f"data.name=medmnist", f"data.root={shared_data}", "data.subset=breastmnist",
+    cfg = load_config(None, ["data.name=medmnist", f"data.root={shared_data}", "data.subset=breastmnist",
                              "scenario.increment=1", "backbone.name=convnet", "train.epochs=1",
                              "train.progress=false", "method.name=icarl", "memory.size=20"])
     results = Experiment(cfg, tmp_path).run()

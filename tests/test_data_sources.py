@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ltcil.config import DataConfig
-from ltcil.data import cifar, digits, imagelist
+from ltcil.data import cifar
 from ltcil.data.arrays import read_npz
 from ltcil.errors import DataError
 from ltcil.registry import get

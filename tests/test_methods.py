@@ -87,7 +87,7 @@ def test_bic_validation_split_is_never_trained_on(tmp_path):
 
     exp.method.train_indices = spy
     exp.run()
-    for task_index, trained, held in seen[1:]:
+    for _task_index, trained, held in seen[1:]:
         assert held and all(not (trained & v) for v in held.values())
 
 
@@ -149,3 +149,34 @@ def test_joint_trains_on_all_seen_data(tmp_path):
     exp = Experiment(cfg, tmp_path)
     exp.run()
     assert exp.timing[2]["train_images"] == sum(len(t.train_indices) for t in exp.scenario.tasks)
+
+
+def test_bic_applies_only_the_newest_tasks_pair():
+    # Eq. 4: old classes (all earlier tasks) are left as they are; earlier pairs live on through distillation.
+    bias = TaskBiasCorrection()
+    for size in (2, 2, 3):
+        bias.add_task(size)
+    with torch.no_grad():
+        bias.alpha[1], bias.beta[1] = 0.1, 5.0  # an earlier task's fitted pair: not applied any more
+        bias.alpha[2], bias.beta[2] = 2.0, 1.0
+    logits = torch.randn(4, 7)
+    out = bias(logits)
+    assert torch.equal(out[:, :4], logits[:, :4])
+    assert torch.allclose(out[:, 4:], 2.0 * logits[:, 4:] + 1.0)
+    assert [p["scale"] for p in bias.pairs()] == pytest.approx([1.0, 0.1, 2.0])
+
+
+def test_bic_bias_fitting_leaves_the_network_untouched(tmp_path):
+    exp = Experiment(tiny_config("method.name=bic", "method.bias_epochs=3"), tmp_path)
+    fitted = {}
+    original = exp.method.fit_bias
+
+    def spy(task, ctx):
+        before = {k: v.clone() for k, v in exp.method.model.state_dict().items() if not k.startswith("bias.")}
+        original(task, ctx)
+        after = exp.method.model.state_dict()
+        fitted[task.index] = all(torch.equal(before[k], after[k]) for k in before)
+
+    exp.method.fit_bias = spy
+    exp.run()
+    assert fitted == {1: True, 2: True}  # BN running statistics included

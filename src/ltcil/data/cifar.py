@@ -9,7 +9,6 @@ User-supplied files are validated by structure (keys, shapes, label ranges, coun
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from .. import registry
@@ -23,7 +22,6 @@ from ..evaluation.evaluator import evaluate_step
 from ..methods.base import IncrementalNet
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
-from ..reporting.summary import summary_table
 from ..scenarios import build_scenario
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .context import TaskContext
@@ -136,6 +134,8 @@ class Experiment:
         if self.next_task == 0:
             events.write({"event": "start", "num_tasks": len(tasks), "load_seconds": self.load_seconds,
                           **self.scenario.to_dict(), "device": str(self.device), "threads": self.threads})
+        else:  # epochs logged after the last checkpoint belong to an interrupted task that now runs again
+            events.write({"event": "resume", "next_task": self.next_task})
         try:
             for task in tasks[self.next_task:]:
                 self._run_task(task, trainer, events)

@@ -1,7 +1,9 @@
-"""Affine logit correction per task: q = alpha_t * o + beta_t on task t's classes (BiC, Wu et al. 2019, Eq. 4).
+"""BiC's bias correction (Wu et al. 2019, Sec. 5, Eq. 4): q_k = o_k for old classes and q_k = alpha * o_k + beta
+for the newest task's classes, two scalars shared by that task's classes.
 
-Task 0 is never corrected; each later task gets two scalars shared by its classes. Only the newest task's
-pair is trained in BiC's stage 2; earlier pairs stay frozen at their fitted values.
+Only the newest task's pair is applied: at the next task the corrected model is the distillation teacher,
+so the earlier correction is absorbed into the network, and the old classes are left as they are (Eq. 4).
+The pairs of earlier tasks are kept for reporting (the seed README's scale/shift table).
 """
 
 from __future__ import annotations
@@ -30,16 +32,9 @@ class TaskBiasCorrection(nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if self.num_tasks <= 1:
             return logits
-        # Per-column scale/shift built from the per-task scalars (task 0 columns: 1 and 0).
-        n = logits.shape[1]
-        sizes = (self.boundaries[1:] - self.boundaries[:-1]).clamp(min=0)
-        task_of_column = torch.repeat_interleave(torch.arange(self.num_tasks, device=logits.device), sizes)[:n]
-        alpha = self.alpha[task_of_column].clone()
-        beta = self.beta[task_of_column].clone()
-        first = int(self.boundaries[1])
-        alpha[:first] = 1.0
-        beta[:first] = 0.0
-        return logits * alpha.to(logits.dtype) + beta.to(logits.dtype)
+        start, end = int(self.boundaries[-2]), int(self.boundaries[-1])
+        corrected = logits[:, start:end] * self.alpha[-1].to(logits.dtype) + self.beta[-1].to(logits.dtype)
+        return torch.cat([logits[:, :start], corrected, logits[:, end:]], dim=1)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Grow to the stored number of tasks before loading (a fresh module loads a later checkpoint).

@@ -109,40 +109,34 @@ class BiC(TeacherMethod):
         self.val_indices = np.concatenate([old_val, *self.held_out.values()])
         with torch.no_grad():
             self.accuracy_before.append(self._val_accuracy(ctx, corrected=False))
-        bias = self.model.bias
-        model = self.model
+        bias, model = self.model.bias, self.model
         for p in model.parameters():
             p.requires_grad_(False)
+        # Only the newest pair is applied (heads/bias.py), so only it receives gradient; pairs are 1-d tensors
+        # that grow each task, hence the whole tensors are handed to the optimiser.
         bias.alpha.requires_grad_(True)
         bias.beta.requires_grad_(True)
-        newest = bias.num_tasks - 1
         penalty = self.options.shift_penalty
 
         def step(x, y):
             with torch.no_grad():
                 logits = model.forward_uncorrected(x)
-            q = bias(logits)
-            ce = F.cross_entropy(q, y)
-            reg = penalty * bias.beta[newest] ** 2 / 2
-            # Earlier tasks' pairs are fixed: zero their gradients through a hook-free mask.
-            return {"loss": ce + reg, "ce": ce}
+            ce = F.cross_entropy(bias(logits), y)
+            return {"loss": ce + penalty * bias.beta[-1] ** 2 / 2, "ce": ce}
 
-        mask = torch.zeros(bias.num_tasks, device=self.device)
-        mask[newest] = 1
-        hooks = [bias.alpha.register_hook(lambda g: g * mask), bias.beta.register_hook(lambda g: g * mask)]
         stage = dataclasses.replace(
             self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="step",
             milestones=self.options.bias_milestones, gamma=0.1, warmup_epochs=0,
             batch_size=self.options.bias_batch_size,
         )
+        model.eval()  # frozen network: BatchNorm uses (and keeps) its running statistics
         try:
             ctx.fit(step, [bias.alpha, bias.beta], self.val_indices, stage, epochs=self.options.bias_epochs,
-                    lr=self.options.bias_lr, name="bias correction", augment=False, modules=[model])
+                    lr=self.options.bias_lr, name="bias correction", augment=False)
         finally:
-            for h in hooks:
-                h.remove()
             for p in model.parameters():
                 p.requires_grad_(True)
+        newest = bias.num_tasks - 1
         ctx.events.write({"event": "bias_correction", "task": task.index, **bias.pairs()[newest],
                           "val_accuracy_before": self.accuracy_before[-1],
                           "val_accuracy_after": self._val_accuracy(ctx, corrected=True)})

@@ -1,0 +1,146 @@
+"""Images per second of a full training step (augment + forward + backward + optimiser) for ResNet-32 on
+CIFAR-100 at batch 128: ltcil's device-resident pipeline against a conventional per-sample pipeline (Pillow
+images, per-sample random crop + flip + normalise in a torch DataLoader with workers), same model, same step.
+
+    python benchmarks/train_throughput.py --data-root ../shared/data --steps 30 --workers 0 2
+
+Prints one JSON line per pipeline and a table with the ratio. Not run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ltcil.backbones import build_backbone
+from ltcil.config import BackboneConfig, DataConfig
+from ltcil.data.augment import AugmentSpec
+from ltcil.data.loader import DeviceData
+from ltcil.methods.base import IncrementalNet
+from ltcil.registry import get
+
+MEAN = np.array([0.5071, 0.4865, 0.4409], dtype=np.float32)
+STD = np.array([0.2673, 0.2564, 0.2762], dtype=np.float32)
+
+
+class PerSampleCifar(torch.utils.data.Dataset):
+    """The conventional design: one PIL image at a time, augmented in Python, collated by the DataLoader."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, padding: int = 4):
+        self.images, self.labels, self.padding = images, labels, padding
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image, ImageOps
+
+        img = Image.fromarray(self.images[i])
+        img = ImageOps.expand(img, border=self.padding, fill=0)
+        x, y = np.random.randint(0, 2 * self.padding + 1, size=2)
+        img = img.crop((x, y, x + 32, y + 32))
+        if np.random.rand() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy()), int(self.labels[i])
+
+
+def make_model(device):
+    model = IncrementalNet(build_backbone(BackboneConfig(name="resnet32"), 3, 32)).to(device)
+    model.head.add_classes(100)
+    model.head.to(device)
+    return model
+
+
+def train_step(model, opt, x, y):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def timed(batches, model, opt, steps: int, warmup: int, device) -> float:
+    done, start = 0, None
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        if i >= warmup:
+            done += len(y)
+        if i + 1 >= warmup + steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    ds = get("dataset", "cifar100")(DataConfig(name="cifar100", root=args.data_root, download=False))
+    labels = ds.train.labels
+    rows = []
+    common = {"device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+              "steps": args.steps, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+
+    # ltcil: uint8 images resident on the device, batched crop/flip/normalise there.
+    torch.manual_seed(0)
+    data = DeviceData(ds, {"train": labels, "test": ds.test.labels}, device)
+    gen_cpu = torch.Generator().manual_seed(0)
+    gen_dev = torch.Generator(device=device).manual_seed(0)
+    spec = AugmentSpec(crop_padding=4, flip=True)
+    model = make_model(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    batches = (data.batch("train", idx, spec, gen_dev)
+               for idx in data.index_batches(np.arange(len(labels)), args.batch_size, gen_cpu))
+    ips = timed(batches, model, opt, args.steps, args.warmup, device)
+    rows.append({"pipeline": "ltcil device-resident", "workers": 0, "images_per_second": ips, **common})
+    print(json.dumps(rows[-1]), flush=True)
+
+    # Reference: per-sample PIL transforms in a DataLoader.
+    for workers in args.workers:
+        torch.manual_seed(0)
+        model = make_model(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        model.train()
+        loader = torch.utils.data.DataLoader(
+            PerSampleCifar(ds.train.images, labels), batch_size=args.batch_size, shuffle=True,
+            num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
+            persistent_workers=workers > 0,
+        )
+        ips = timed(iter(loader), model, opt, args.steps, args.warmup, device)
+        rows.append({"pipeline": "per-sample PIL DataLoader", "workers": workers, "images_per_second": ips, **common})
+        print(json.dumps(rows[-1]), flush=True)
+
+    best_ref = max(r["images_per_second"] for r in rows[1:])
+    print(f"\n{'pipeline':30s} {'workers':>7s} {'images/s':>9s}")
+    for r in rows:
+        print(f"{r['pipeline']:30s} {r['workers']:7d} {r['images_per_second']:9.1f}")
+    print(f"\nltcil / best reference: {rows[0]['images_per_second'] / best_ref:.2f}x "
+          f"({common['device']}, {common['threads']} threads, batch {args.batch_size})")
+
+
+if __name__ == "__main__":
+    main()
