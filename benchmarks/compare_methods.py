@@ -1,9 +1,11 @@
-"""Accuracy and wall time of several methods on one CIFAR-100 scenario (short CPU schedules by default).
+"""Accuracy and wall time of several runs side by side (e.g. methods on one scenario).
 
-    python benchmarks/cifar100_methods.py --data-root ../shared/data --out runs/bench_cifar \
+    python benchmarks/compare_methods.py --out runs/bench_cifar \
         --runs finetune_resnet32_cifar100_b0inc10_short lwf_resnet32_cifar100_b0inc10_short \
                icarl_resnet32_cifar100_b0inc10_short bic_resnet32_cifar100_b0inc10_short \
-        --set train.epochs=2
+        --set data.root=../shared/data train.epochs=2
+    python benchmarks/compare_methods.py --out runs/bench_digits --runs quickstart_digits \
+        --methods finetune lwf icarl bic joint
 
 Prints one JSON line per run (machine-readable) and a table at the end. Not run by the test suite.
 """
@@ -22,22 +24,25 @@ from ltcil.engine.runner import Experiment, prepare_run_dir
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cifar"))
     parser.add_argument("--runs", nargs="+", required=True, help="shipped config names or YAML paths")
     parser.add_argument("--set", nargs="*", default=[], help="overrides applied to every run")
+    parser.add_argument("--methods", nargs="*", default=[], help="run each config once per method.name")
     args = parser.parse_args()
 
     rows = []
-    for name in args.runs:
-        cfg = load_config(name, [f"data.root={args.data_root}", "train.progress=false", *args.set])
-        run_dir = args.out / Path(name).stem
+    jobs = [(name, m) for name in args.runs for m in (args.methods or [None])]
+    for name, method in jobs:
+        extra = [f"method.name={method}"] if method else []
+        cfg = load_config(name, ["train.progress=false", *args.set, *extra])
+        label = Path(name).stem + (f"[{method}]" if method else "")
+        run_dir = args.out / label.replace("[", "_").replace("]", "")
         prepare_run_dir(run_dir, force=True)
         start = time.perf_counter()
         results = Experiment(cfg, run_dir, progress=False).run()
         wall = time.perf_counter() - start
         row = {
-            "run": Path(name).stem, "method": cfg.method["name"], "epochs": cfg.train.epochs,
+            "run": label, "method": cfg.method["name"], "epochs": cfg.train.epochs,
             "average_incremental_accuracy": results["average_incremental_accuracy"],
             "last_accuracy": results["last_accuracy"], "forgetting": results["forgetting"],
             "accuracy": results["accuracy"], "wall_seconds": wall,
