@@ -118,7 +118,8 @@ def build_scenario(
             # Profile by original id (ordered LT-CIL when the order is natural): rank of each arriving class.
             position = np.argsort(np.argsort(order))
         profile = profile_counts(cfg.longtail_profile, int(available.max()), len(order), cfg.imbalance_factor)
-        wanted = np.minimum(profile[position], available)
+        # Every class keeps at least one image: a tiny n_max with a large IF would otherwise empty the tail.
+        wanted = np.minimum(np.maximum(profile[position], 1), available)
     else:
         wanted = available
     kept = subsample_per_class(train_labels, order, wanted, rng)

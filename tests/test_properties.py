@@ -1,0 +1,81 @@
+"""Property-based tests (hypothesis) of the scenario builder and the config parser."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltcil.config import ScenarioConfig, load_config
+from ltcil.errors import ConfigError
+from ltcil.scenarios import build_scenario
+from ltcil.scenarios.longtail import exponential_profile
+
+
+@st.composite
+def scenarios(draw):
+    num_classes = draw(st.integers(2, 12))
+    per_class = draw(st.lists(st.integers(2, 40), min_size=num_classes, max_size=num_classes))
+    increment = draw(st.integers(1, num_classes))
+    initial = draw(st.integers(0, num_classes))
+    cfg = ScenarioConfig(
+        order=draw(st.sampled_from(["natural", "seed:1993", "seed:7"])),
+        initial=initial,
+        increment=increment,
+        imbalance_factor=draw(st.sampled_from([1.0, 2.0, 10.0, 100.0])),
+        longtail_by=draw(st.sampled_from(["class_id", "arrival"])),
+        longtail_profile=draw(st.sampled_from(["exp", "step"])),
+        val_fraction=draw(st.sampled_from([0.0, 0.1, 0.3])),
+        seed=draw(st.integers(0, 5)),
+    )
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return cfg, labels
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_scenario_invariants(case):
+    cfg, labels = case
+    num_classes = int(labels.max()) + 1
+    try:
+        sc = build_scenario(cfg, labels, labels, num_classes)
+    except ConfigError as exc:
+        # only impossible splits may fail, and they say why
+        assert "scenario." in str(exc)
+        return
+    arrival = np.concatenate([t.classes for t in sc.tasks])
+    assert arrival.tolist() == list(range(num_classes))  # every class exactly once, in arrival order
+    assert sorted(sc.order.tolist()) == list(range(num_classes))
+    train = np.concatenate([t.train_indices for t in sc.tasks])
+    val = np.concatenate([t.val_indices for t in sc.tasks])
+    assert len(np.unique(train)) == len(train)
+    assert not np.intersect1d(train, val).size  # validation never overlaps training
+    mapped = sc.label_maps["train"]
+    for t in sc.tasks:
+        assert set(mapped[t.train_indices].tolist()) <= set(t.classes.tolist())
+    counts = np.bincount(mapped[train], minlength=num_classes)
+    assert (counts == sc.train_counts).all() and (counts >= 1).all()
+    if cfg.imbalance_factor == 1 and cfg.val_fraction == 0:
+        assert (sc.train_counts == np.bincount(labels)[sc.order]).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 200), st.integers(5, 1000), st.floats(1.0, 500.0))
+def test_exponential_profile_is_monotone_and_bounded(num_classes, n_max, imbalance):
+    counts = exponential_profile(n_max, num_classes, imbalance)
+    assert counts[0] == n_max and (np.diff(counts) <= 0).all()
+    assert counts[-1] == int(n_max / imbalance) or abs(counts[-1] - n_max / imbalance) <= 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["train.epochs", "train.lr", "train.batch_size", "scenario.increment", "memory.size",
+                        "train.flip", "scenario.order", "seed"]),
+       st.one_of(st.integers(-5, 300), st.floats(-1, 3, allow_nan=False), st.booleans(),
+                 st.text(max_size=6), st.lists(st.integers(0, 9), max_size=3)))
+def test_config_parser_accepts_or_names_the_key(key, value):
+    try:
+        cfg = load_config(None, [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"])
+    except ConfigError as exc:
+        assert key.split(".")[-1] in str(exc) or "override" in str(exc)
+        return
+    section, _, name = key.partition(".")
+    got = getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
+    assert got is not None
