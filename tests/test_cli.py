@@ -77,3 +77,16 @@ def test_resume_continues_after_last_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["accuracy"] == full["accuracy"]
+
+
+def test_missing_and_corrupt_dataset_errors_through_the_cli(tmp_path, capsys):
+    args = ["run", "finetune_resnet32_cifar100_b0inc10_short", f"data.root={tmp_path}", "data.download=false",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert str(tmp_path / "cifar-100-python.tar.gz") in err and "Traceback" not in err
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 50)  # a gzip header, then junk
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "corrupt or truncated" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing was started, nothing to clean up

@@ -102,7 +102,9 @@ def main(argv=None) -> int:
     except LtcilError as exc:
         if args.debug:
             raise
-        print("error: " + textwrap.fill(str(exc), width=100, subsequent_indent="  "), file=sys.stderr)
+        message = textwrap.fill(str(exc), width=100, subsequent_indent="  ", break_on_hyphens=False,
+                                break_long_words=False)  # paths stay copyable
+        print("error: " + message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; a run continues from its last finished task with `ltcil resume RUN_DIR`.",
