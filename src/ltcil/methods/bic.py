@@ -50,7 +50,6 @@ class BiC(TeacherMethod):
         super().__init__(BiCNet(model.backbone, model.head), options, cfg, device)
         self.val_indices = np.zeros(0, dtype=np.int64)
         self.held_out: dict = {}  # new-class validation indices of the current task
-        self.accuracy_before: list = []
 
     def begin_task(self, task, ctx):
         super().begin_task(task, ctx)
@@ -107,8 +106,7 @@ class BiC(TeacherMethod):
         """Stage 2 (Sec. 5, Eq. 5): only alpha, beta of the newest task train, on the validation split."""
         _, old_val = self._old_split()
         self.val_indices = np.concatenate([old_val, *self.held_out.values()])
-        with torch.no_grad():
-            self.accuracy_before.append(self._val_accuracy(ctx, corrected=False))
+        accuracy_before = self._val_accuracy(ctx, corrected=False)
         bias, model = self.model.bias, self.model
         for p in model.parameters():
             p.requires_grad_(False)
@@ -138,7 +136,7 @@ class BiC(TeacherMethod):
                 p.requires_grad_(True)
         newest = bias.num_tasks - 1
         ctx.events.write({"event": "bias_correction", "task": task.index, **bias.pairs()[newest],
-                          "val_accuracy_before": self.accuracy_before[-1],
+                          "val_accuracy_before": accuracy_before,
                           "val_accuracy_after": self._val_accuracy(ctx, corrected=True)})
 
     @torch.inference_mode()
@@ -157,12 +155,3 @@ class BiC(TeacherMethod):
 
     def results_extra(self):
         return {"bias_correction": self.model.bias.pairs()}
-
-    def state_dict(self):
-        state = super().state_dict()
-        state["accuracy_before"] = list(self.accuracy_before)
-        return state
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.accuracy_before = list(state["accuracy_before"])
