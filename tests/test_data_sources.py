@@ -1,6 +1,8 @@
 """Data sources on tiny generated files: layouts, validation and the errors users see."""
 
+import dataclasses
 import io
+import os
 import pickle
 import tarfile
 
@@ -54,8 +56,9 @@ def write_cifar_archive(path, members, prefix="cifar-100-python/"):
 
 @pytest.fixture
 def small_counts(monkeypatch):
-    spec = cifar.CIFAR100.__class__(**{**cifar.CIFAR100.__dict__, "train_count": 20, "test_count": 10})
-    monkeypatch.setattr(cifar, "CIFAR100", spec)
+    """Tiny archives: the loader checks the official counts, so shrink them to the generated files'."""
+    monkeypatch.setattr(cifar, "CIFAR100", dataclasses.replace(cifar.CIFAR100, train_count=20, test_count=10))
+    monkeypatch.setattr(cifar, "CIFAR10", dataclasses.replace(cifar.CIFAR10, train_count=25, test_count=5))
 
 
 def test_cifar_from_archive_and_folder(tmp_path, small_counts):
@@ -114,7 +117,16 @@ def test_out_of_range_cifar_label(tmp_path, small_counts):
     members = cifar_pickles()
     members["train"][b"fine_labels"][3] = 100
     write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", members)
-    with pytest.raises(DataError, match="label 100 is out of range"):
+    with pytest.raises(DataError, match="key 'fine_labels' holds label 100") as info:
+        load("cifar100", root=str(tmp_path), download=False)
+    assert str(tmp_path / "cifar-100-python.tar.gz") in str(info.value)
+
+
+def test_cifar_labels_that_are_not_integers(tmp_path, small_counts):
+    members = cifar_pickles()
+    members["train"][b"fine_labels"] = ["cat"] * 20
+    write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", members)
+    with pytest.raises(DataError, match="key 'fine_labels' must be a list of integers"):
         load("cifar100", root=str(tmp_path), download=False)
 
 
@@ -153,7 +165,7 @@ def test_medmnist_needs_subset(tmp_path):
         (lambda a: a.pop("test_labels"), "'test_labels' is missing"),
         (lambda a: a.__setitem__("train_labels", a["train_labels"][:5]), "has 12 images but 'train_labels' has 5"),
         (lambda a: a.__setitem__("train_images", a["train_images"].astype(np.float32)), "must be uint8"),
-        (lambda a: a.__setitem__("train_labels", np.full((12, 1), -1)), "label -1 is out of range"),
+        (lambda a: a.__setitem__("train_labels", np.full((12, 1), -1)), "'train_labels' holds label -1"),
         (lambda a: a.__setitem__("test_labels", np.full((12, 2), 0)), r"must have shape \(N,\) or \(N, 1\)"),
     ],
 )
@@ -240,3 +252,211 @@ def test_download_with_wrong_md5_is_rejected(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="md5 does not match"):
         load("cifar100", root=str(tmp_path), download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cifar10_layout_with_str_keys(tmp_path, small_counts):
+    """CIFAR-10: five training batches, `labels`/`label_names`; str keys as in pickles written by Python 3."""
+    rng = np.random.default_rng(2)
+    members = {}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        data = rng.integers(0, 256, size=(5, 3072), dtype=np.uint8)
+        data[0] = np.repeat([i, 100 + i, 200 + i], 1024)  # image 0 of batch i is the colour (i, 100+i, 200+i)
+        members[name] = {"data": data, "labels": [i] * 5}
+    members["batches.meta"] = {"label_names": [f"n{c}" for c in range(10)]}
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar_archive(archive, members, prefix="cifar-10-batches-py/")
+    ds = load("cifar10", root=str(archive), download=False)  # data.root may name the archive itself
+    assert ds.train.images.shape == (25, 32, 32, 3) and ds.test.images.shape == (5, 32, 32, 3)
+    assert ds.train.images[5, 31, 0].tolist() == [1, 101, 201]  # batches concatenated in order
+    assert ds.test.images[0, 0, 31].tolist() == [5, 105, 205]
+    assert ds.train.labels.tolist() == np.repeat(np.arange(5), 5).tolist() and ds.class_names[9] == "n9"
+
+
+@pytest.mark.parametrize("member", ["../evil", "/etc/evil", "cifar-100-python/../../evil", "..\\evil"])
+def test_escaping_members_are_refused(tmp_path, small_counts, member):
+    path = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar_archive(path, {member: {b"x": 1}, **cifar_pickles()}, prefix="")
+    with pytest.raises(DataError, match="would escape the extraction folder") as info:
+        load("cifar100", root=str(tmp_path), download=False)
+    assert repr(member) in str(info.value) and str(path) in str(info.value)
+
+
+class _MakesADirectory:
+    """A pickle payload that would run code on load; the loader must refuse it before calling anything."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return os.mkdir, (self.target,)
+
+
+def test_pickles_that_would_run_code_are_refused(tmp_path, small_counts):
+    members = cifar_pickles()
+    members["train"][b"data"] = _MakesADirectory(str(tmp_path / "pwned"))
+    write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", members)
+    with pytest.raises(DataError, match=r"refusing to unpickle (posix|nt)\.mkdir") as info:
+        load("cifar100", root=str(tmp_path), download=False)
+    assert "cifar-100-python/train" in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_download_saves_the_verified_archive(tmp_path, monkeypatch, small_counts):
+    """A download whose md5 matches is renamed into place and read; no temporary file is left behind."""
+    source = tmp_path / "served.tar.gz"
+    write_cifar_archive(source, cifar_pickles())
+    payload = source.read_bytes()
+    monkeypatch.setattr(cifar, "CIFAR100", dataclasses.replace(cifar.CIFAR100, md5=cifar._md5(source)))
+
+    class FakeResponse(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", lambda *a, **k: FakeResponse(payload))
+    root = tmp_path / "data"
+    ds = load("cifar100", root=str(root), download=True)
+    assert len(ds.train) == 20 and [p.name for p in root.iterdir()] == ["cifar-100-python.tar.gz"]
+
+
+def test_medmnist_plus_file_keeps_class_names(tmp_path):
+    arrays = medmnist_arrays(classes=2)
+    path = write_npz(tmp_path / "breastmnist_128.npz", **arrays)
+    ds = load("medmnist", root=str(path))
+    assert ds.class_names == ["malignant", "normal, benign"] and len(ds.val) == 12
+
+
+def test_npz_labels_beyond_known_classes_name_the_key(tmp_path):
+    arrays = medmnist_arrays(classes=3)
+    arrays["class_names"] = np.array(["a", "b"])
+    path = write_npz(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match="'train_labels' holds label 2, outside 0..1") as info:
+        load("npz", root=str(path))
+    assert str(path) in str(info.value)
+
+
+def test_npz_object_class_names_are_not_unpickled(tmp_path):
+    arrays = medmnist_arrays()
+    arrays["class_names"] = np.array(["a", 1, None], dtype=object)
+    path = write_npz(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match="key 'class_names' holds Python objects") as info:
+        load("npz", root=str(path))
+    assert str(path) in str(info.value)
+
+
+def test_imagelist_resizes_short_side_then_centre_crops(tmp_path):
+    # 40x20 (w x h): green | red | blue bands of 10, 20, 10 columns; the 10x10 centre crop of the
+    # 20x10 resize is all red. A large JPEG exercises Pillow's reduced-scale (draft) decoding.
+    bands = np.zeros((20, 40, 3), dtype=np.uint8)
+    bands[:, :10, 1] = 255
+    bands[:, 10:30, 0] = 255
+    bands[:, 30:, 2] = 255
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    Image.fromarray(bands).save(tmp_path / "train" / "a" / "wide.png")
+    Image.fromarray(bands.transpose(1, 0, 2)).save(tmp_path / "train" / "a" / "tall.png")  # 20x40, crop is red
+    Image.fromarray(bands).resize((800, 400), Image.NEAREST).save(tmp_path / "val" / "a" / "big.jpg", quality=95)
+    ds = load("imagelist", root=str(tmp_path), image_size=10)
+    assert ds.train.images.shape == (2, 10, 10, 3) and ds.test.images.shape == (1, 10, 10, 3)
+    inner = ds.train.images[:, 1:-1, 1:-1]  # bilinear blends only the border pixels
+    assert (inner[..., 0] == 255).all() and (inner[..., 1:] == 0).all()
+    big = ds.test.images[0, 1:-1, 1:-1].astype(int)
+    assert (big[..., 0] > 230).all() and (big[..., 1:] < 25).all()
+
+
+def test_imagelist_list_class_names_come_from_folders(tmp_path):
+    for wnid, color in (("n017", (255, 0, 0)), ("n002", (0, 255, 0))):
+        make_png(tmp_path / "train" / wnid / "0.png", color)
+    (tmp_path / "train.txt").write_text("# ImageNet-style list\ntrain/n017/0.png 0\n\ntrain/n002/0.png 1\n")
+    (tmp_path / "test.txt").write_text("train/n002/0.png 1\n")
+    ds = load("imagelist", root=str(tmp_path), image_size=4, train_list="train.txt", test_list="test.txt")
+    assert ds.class_names == ["n017", "n002"] and ds.val is None
+    assert ds.train.images[1, 0, 0].tolist() == [0, 255, 0]
+    (tmp_path / "flat.txt").write_text("train/n017/0.png 0\ntrain/n017/0.png 1\n")  # one folder: no names
+    ds = load("imagelist", root=str(tmp_path), image_size=4, train_list="flat.txt", val_list="test.txt")
+    assert ds.class_names == ["0", "1"]
+
+
+def test_imagelist_val_and_test_lists_give_three_splits(tmp_path):
+    make_png(tmp_path / "img" / "a.png", (9, 9, 9))
+    for name in ("train", "val", "test"):
+        (tmp_path / f"{name}.txt").write_text("img/a.png 0\nimg/a.png 2\n")
+    ds = load("imagelist", root=str(tmp_path), image_size=3, train_list="train.txt", val_list="val.txt",
+              test_list="test.txt")
+    assert len(ds.val) == len(ds.test) == 2 and ds.num_classes == 3
+
+
+def _missing_archive(tmp):
+    return {"name": "cifar100", "root": str(tmp), "download": False}, tmp / "cifar-100-python.tar.gz"
+
+
+def _truncated_archive(tmp):
+    write_cifar_archive(tmp / "cifar-100-python.tar.gz", cifar_pickles())
+    path = tmp / "cifar-100-python.tar.gz"
+    path.write_bytes(path.read_bytes()[:2000])
+    return {"name": "cifar100", "root": str(tmp), "download": False}, path
+
+
+def _incomplete_folder(tmp):
+    folder = tmp / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(pickle.dumps(cifar_pickles()["train"]))
+    return {"name": "cifar100", "root": str(tmp), "download": False}, folder
+
+
+def _missing_medmnist(tmp):
+    return {"name": "medmnist", "root": str(tmp), "subset": "dermamnist"}, tmp / "dermamnist.npz"
+
+
+def _medmnist_without_subset(tmp):
+    return {"name": "medmnist", "root": str(tmp)}, tmp
+
+
+def _npz_missing_key(tmp):
+    arrays = medmnist_arrays()
+    del arrays["train_images"]
+    return {"name": "npz", "root": str(write_npz(tmp / "a.npz", **arrays))}, tmp / "a.npz"
+
+
+def _npz_corrupt(tmp):
+    (tmp / "a.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+    return {"name": "npz", "root": str(tmp / "a.npz")}, tmp / "a.npz"
+
+
+def _corrupt_image(tmp):
+    make_png(tmp / "train" / "a" / "0.png", (1, 2, 3))
+    make_png(tmp / "val" / "a" / "0.png", (1, 2, 3))
+    (tmp / "val" / "a" / "1.png").write_bytes(Image.new("RGB", (9, 9)).tobytes())
+    return {"name": "imagelist", "root": str(tmp), "image_size": 4}, tmp / "val" / "a" / "1.png"
+
+
+def _missing_list(tmp):
+    return {"name": "imagelist", "root": str(tmp), "image_size": 4, "train_list": "lists/train.txt",
+                "val_list": "lists/val.txt"}, tmp / "lists" / "train.txt"
+
+
+def _bad_list_line(tmp):
+    (tmp / "train.txt").write_text("a.png 0\na.png\n")
+    return {"name": "imagelist", "root": str(tmp), "image_size": 4, "train_list": "train.txt", "val_list": "train.txt"}, \
+        tmp / "train.txt"
+
+
+def _no_train_folder(tmp):
+    return {"name": "imagelist", "root": str(tmp), "image_size": 4}, tmp / "train"
+
+
+def _no_image_size(tmp):
+    return {"name": "imagelist", "root": str(tmp)}, tmp
+
+
+@pytest.mark.parametrize("case", [
+    _missing_archive, _truncated_archive, _incomplete_folder, _missing_medmnist, _medmnist_without_subset,
+    _npz_missing_key, _npz_corrupt, _corrupt_image, _missing_list, _bad_list_line, _no_train_folder, _no_image_size,
+])
+def test_every_data_error_names_its_path(tmp_path, small_counts, case):
+    kwargs, path = case(tmp_path)
+    with pytest.raises(DataError) as info:
+        load(**kwargs)
+    assert str(path) in str(info.value) or str(path.resolve()) in str(info.value)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -15,22 +14,38 @@ from ..errors import DataError
 from ..registry import register_dataset
 from .base import Dataset, Split, as_nhwc
 
+_READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError)
 
-def _split(npz, prefix: str, path: Path, required: bool) -> Optional[Split]:
+
+def _array(npz, key: str, path: Path) -> np.ndarray:
+    """Read one array; a damaged member or a pickled object array fails naming the key."""
+    try:
+        return npz[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):  # object arrays are never unpickled: that could run code
+            raise DataError(f"{path}: key {key!r} holds Python objects; save it as a plain numeric or string "
+                            "array (e.g. np.array(names, dtype=str)).") from None
+        raise DataError(f"{path}: key {key!r} is corrupt or truncated ({exc}); replace the file.") from None
+    except _READ_ERRORS as exc:
+        raise DataError(f"{path}: key {key!r} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                        "replace the file.") from None
+
+
+def _split(npz, prefix: str, path: Path, required: bool) -> Split | None:
     ikey, lkey = f"{prefix}_images", f"{prefix}_labels"
     if ikey not in npz.files or lkey not in npz.files:
         if not required:
             return None
         missing = ikey if ikey not in npz.files else lkey
         raise DataError(f"{path}: key {missing!r} is missing (keys found: {', '.join(sorted(npz.files))}).")
-    images = npz[ikey]
-    labels = npz[lkey]
+    images = _array(npz, ikey, path)
+    labels = _array(npz, lkey, path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(
             f"{path}: {ikey!r} must be uint8 of shape (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}."
         )
     if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
+        labels = labels[:, 0]  # MedMNIST stores (N, 1)
     if labels.ndim != 1:
         raise DataError(f"{path}: {lkey!r} must have shape (N,) or (N, 1), got {labels.shape}.")
     if len(labels) != len(images):
@@ -40,8 +55,21 @@ def _split(npz, prefix: str, path: Path, required: bool) -> Optional[Split]:
     return Split(as_nhwc(images), labels.astype(np.int64))
 
 
-def read_npz(path: Path, name: str, class_names: Optional[list] = None) -> Dataset:
-    """Read and validate an npz in the MedMNIST layout; every error names the file and the key."""
+def _class_names(npz, path: Path) -> list[str] | None:
+    if "class_names" not in npz.files:
+        return None
+    names = _array(npz, "class_names", path)
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise DataError(f"{path}: 'class_names' must be a 1-D array of strings, got {names.dtype} {names.shape}.")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
+
+
+def read_npz(path: Path, name: str, class_names: list[str] | None = None) -> Dataset:
+    """Read and validate an npz in the MedMNIST layout; every error names the file and the key.
+
+    `class_names` (e.g. MedMNIST's table) wins over a `class_names` array; without either, the classes are
+    "0".."K-1" with K = largest label + 1.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; data.root must point to the .npz file (or its folder).")
@@ -50,15 +78,20 @@ def read_npz(path: Path, name: str, class_names: Optional[list] = None) -> Datas
             train = _split(npz, "train", path, True)
             test = _split(npz, "test", path, True)
             val = _split(npz, "val", path, False)
-            if class_names is None and "class_names" in npz.files:
-                class_names = [str(n) for n in npz["class_names"].tolist()]
+            if class_names is None:
+                class_names = _class_names(npz, path)
     except DataError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+    except _READ_ERRORS as exc:  # not a zip at all, or a damaged directory
         raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); replace the file.") from None
     if class_names is None:
-        top = max(int(s.labels.max()) for s in (train, test, val) if s is not None and len(s))
+        top = max((int(s.labels.max()) for s in (train, test, val) if s is not None and len(s)), default=-1)
         class_names = [str(c) for c in range(top + 1)]
+    for prefix, split in (("train", train), ("val", val), ("test", test)):
+        bad = split.labels[(split.labels < 0) | (split.labels >= len(class_names))] if split else []
+        if len(bad):
+            raise DataError(f"{path}: '{prefix}_labels' holds label {int(bad[0])}, outside 0..{len(class_names) - 1} "
+                            f"({len(class_names)} classes).")
     return Dataset(name, train, test, class_names, val=val, meta={"path": str(path)}).validate(str(path))
 
 

@@ -9,12 +9,15 @@ User-supplied files are validated by structure (keys, shapes, label ranges, coun
 from __future__ import annotations
 
 import hashlib
+import http.client
+import io
 import os
 import pickle
 import tarfile
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -59,10 +62,38 @@ _CORRUPT = (EOFError, OSError, tarfile.TarError, zlib.error, pickle.UnpicklingEr
 
 
 def check_member(name: str, archive: Path) -> None:
-    """Reject tar members that would escape an extraction folder (absolute paths, '..')."""
-    path = PurePosixPath(name)
-    if path.is_absolute() or ".." in path.parts or name.startswith(("/", "\\")):
+    """Reject tar members that would escape an extraction folder (absolute paths, drive letters, '..')."""
+    path = PurePosixPath(name.replace("\\", "/"))  # a Windows-made archive may use backslashes
+    if path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":"):
         raise DataError(f"{archive}: archive member {name!r} would escape the extraction folder; refusing to read it.")
+
+
+def safe_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
+    """Iterate over a tar's members, checking each; use it for reading and for any extraction."""
+    for member in tar:
+        check_member(member.name, archive)
+        yield member
+
+
+# The only globals a CIFAR pickle needs (numpy arrays, and bytes in protocol-2 pickles): anything else in a
+# user-supplied or downloaded file would run code on load, so it is refused.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((f"numpy.{core}.{module}", name) for core in ("core", "_core")
+      for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def __init__(self, raw: bytes, source: str):
+        super().__init__(io.BytesIO(raw), encoding="bytes")  # bytes keys, as the official Python-2 pickles
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise DataError(f"{self.source}: refusing to unpickle {module}.{name}; a CIFAR file holds only numpy "
+                            "arrays and lists, and loading this could run code. Use the official archive.")
+        return super().find_class(module, name)
 
 
 def _key(d: dict, key: str, source: str):
@@ -73,7 +104,7 @@ def _key(d: dict, key: str, source: str):
 
 
 def _unpickle(raw: bytes, source: str) -> dict:
-    obj = pickle.loads(raw, encoding="bytes")
+    obj = _CifarUnpickler(raw, source).load()
     if not isinstance(obj, dict):
         raise DataError(f"{source}: expected a pickled dict, got {type(obj).__name__}.")
     return obj
@@ -83,8 +114,7 @@ def _read_members_from_archive(archive: Path, wanted: list[str]) -> dict[str, di
     found: dict[str, dict] = {}
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                check_member(member.name, archive)
+            for member in safe_members(tar, archive):
                 base = PurePosixPath(member.name).name
                 if member.isfile() and base in wanted and base not in found:
                     found[base] = _unpickle(tar.extractfile(member).read(), f"{archive}:{member.name}")
@@ -133,12 +163,15 @@ def download(spec: CifarSpec, root: Path) -> Path:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
         if _md5(Path(tmp)) != spec.md5:
-            raise DataError(f"downloaded {spec.url} but its md5 does not match {spec.md5}; try again.")
+            raise DataError(
+                f"downloaded {spec.url} but its md5 does not match {spec.md5}, so it was not saved as {target}; "
+                "try again, or put the official archive there yourself."
+            )
         os.replace(tmp, target)
         tmp = None
     except DataError:
         raise
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, refused writes, cut connections
         raise DataError(
             f"{spec.name} not found and could not be downloaded ({exc}). Put the official {spec.archive} "
             f"(from {spec.url}) at {target.resolve()}, or set data.root to the folder that holds it."
@@ -166,13 +199,25 @@ def locate(spec: CifarSpec, cfg: DataConfig) -> Path:
     return download(spec, root)
 
 
+def _labels(batch: dict, spec: CifarSpec, source: str) -> np.ndarray:
+    raw = np.asarray(_key(batch, spec.label_key, source))
+    if raw.ndim != 1 or not np.issubdtype(raw.dtype, np.integer):
+        raise DataError(f"{source}: key {spec.label_key!r} must be a list of integers, got {raw.dtype} {raw.shape}.")
+    bad = (raw < 0) | (raw >= spec.num_classes)
+    if bad.any():
+        raise DataError(f"{source}: key {spec.label_key!r} holds label {int(raw[bad][0])}, outside "
+                        f"0..{spec.num_classes - 1}; is this the right CIFAR file?")
+    return raw.astype(np.int64)
+
+
 def _split(batches: list[dict], spec: CifarSpec, source: str, expected: int) -> Split:
     images, labels = [], []
     for batch in batches:
-        data = np.asarray(_key(batch, "data", source))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise DataError(f"{source}: key 'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}.")
-        lab = np.asarray(_key(batch, spec.label_key, source), dtype=np.int64)
+        data = _key(batch, "data", source)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{source}: key 'data' must be a uint8 array of shape (N, 3072), got "
+                            f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}.")
+        lab = _labels(batch, spec, source)
         if len(lab) != len(data):
             raise DataError(f"{source}: {len(data)} images but {len(lab)} entries in {spec.label_key!r}.")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # R/G/B planes -> HWC
@@ -190,10 +235,11 @@ def load_cifar(spec: CifarSpec, cfg: DataConfig) -> Dataset:
     train = _split([members[f] for f in spec.train_files], spec, f"{path} ({'/'.join(spec.train_files)})",
                    spec.train_count)
     test = _split([members[spec.test_file]], spec, f"{path} ({spec.test_file})", spec.test_count)
-    names = [n.decode() if isinstance(n, bytes) else str(n)
-             for n in _key(members[spec.meta_file], spec.names_key, f"{path} ({spec.meta_file})")]
-    if len(names) != spec.num_classes:
-        raise DataError(f"{path} ({spec.meta_file}): {len(names)} class names, expected {spec.num_classes}.")
+    raw_names = _key(members[spec.meta_file], spec.names_key, f"{path} ({spec.meta_file})")
+    if not isinstance(raw_names, (list, tuple)) or len(raw_names) != spec.num_classes:
+        raise DataError(f"{path} ({spec.meta_file}): key {spec.names_key!r} must be a list of {spec.num_classes} "
+                        f"class names, got {raw_names!r:.80}.")
+    names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in raw_names]
     return Dataset(spec.name, train, test, names, meta={"path": str(path)}).validate(str(path))
 
 

@@ -27,7 +27,7 @@ def load(cfg: DataConfig) -> Dataset:
     is_test = np.zeros(len(labels), dtype=bool)
     for c in range(10):
         idx = np.flatnonzero(labels == c)
-        is_test[rng.choice(idx, size=int(round(len(idx) * TEST_FRACTION)), replace=False)] = True
+        is_test[rng.choice(idx, size=round(len(idx) * TEST_FRACTION), replace=False)] = True
     dataset = Dataset(
         name="digits",
         train=Split(images[~is_test], labels[~is_test]),

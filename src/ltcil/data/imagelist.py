@@ -12,9 +12,8 @@ Decoding runs in a thread pool (Pillow releases the GIL) into one preallocated u
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -27,13 +26,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def read_list(path: Path) -> tuple[list[str], np.ndarray]:
+    """Parse `<relative path> <integer label>` lines; blank lines and `#` comments are skipped."""
     if not path.is_file():
         raise DataError(f"list file {path} does not exist (check data.root and the data.*_list keys).")
     paths, labels = [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = line.rsplit(maxsplit=1)
+        parts = line.rsplit(maxsplit=1)  # split from the right: file names may contain spaces
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DataError(f"{path}, line {number}: expected '<relative path> <integer label>', got {line!r}.")
         if int(parts[1]) < 0:
@@ -45,10 +45,24 @@ def read_list(path: Path) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-def scan_folders(split_dir: Path, classes: Optional[list[str]]) -> tuple[list[str], np.ndarray, list[str]]:
+def list_class_names(paths: list[str], labels: np.ndarray, num_classes: int) -> list[str]:
+    """Name each class after the folder of its first image (the WordNet id in ImageNet lists) when those folders
+    tell every class apart; otherwise "0".."K-1"."""
+    first: dict[int, str] = {}
+    for path, label in zip(paths, labels.tolist()):
+        first.setdefault(label, Path(path).parent.name)
+    names = [first.get(c, "") for c in range(num_classes)]
+    if all(names) and len(set(names)) == num_classes:
+        return names
+    return [str(c) for c in range(num_classes)]
+
+
+def scan_folders(split_dir: Path, classes: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Images under `split_dir/<class>/`; `classes` (from train) fixes the ids, None takes the sorted folders."""
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} does not exist: expected one sub-folder per class.")
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    # Hidden folders (.ipynb_checkpoints, .DS_Store-style clutter) are not classes.
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = classes or found
     if not classes:
         raise DataError(f"{split_dir} has no class sub-folders.")
@@ -59,7 +73,7 @@ def scan_folders(split_dir: Path, classes: Optional[list[str]]) -> tuple[list[st
     paths, labels = [], []
     for c in found:
         for f in sorted((split_dir / c).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
                 paths.append(str(f))
                 labels.append(index[c])
     if not paths:
@@ -68,65 +82,89 @@ def scan_folders(split_dir: Path, classes: Optional[list[str]]) -> tuple[list[st
 
 
 def decode(path: str, size: int) -> np.ndarray:
+    """One image as uint8 (size, size, 3): RGB, short side resized to `size`, centre crop."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
             w, h = img.size
             scale = size / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
+            target = (max(size, round(w * scale)), max(size, round(h * scale)))
+            img.draft("RGB", target)  # JPEG: decode at a reduced scale still >= target (several times faster)
+            img = img.convert("RGB").resize(target, Image.BILINEAR)
+            left, top = (target[0] - size) // 2, (target[1] - size) // 2
             return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}).") from None
 
 
 def decode_all(paths: list[str], size: int, threads: int = 0) -> np.ndarray:
+    """Decode into one preallocated array; the first unreadable image stops the work (no waiting for the rest)."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-
-    def work(i: int) -> None:
-        out[i] = decode(paths[i], size)
-
     workers = threads or min(32, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(work, range(len(paths))):
-            pass
+    # Chunks keep the number of futures small for a million images while still spreading small sets over threads.
+    chunk = max(1, min(256, len(paths) // (workers * 4)))
+
+    def work(start: int) -> None:
+        for i in range(start, min(start + chunk, len(paths))):
+            out[i] = decode(paths[i], size)
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for future in as_completed([pool.submit(work, s) for s in range(0, len(paths), chunk)]):
+            future.result()  # re-raises a worker's DataError
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def _from_lists(cfg: DataConfig, root: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
+    splits = {}
+    for key in ("train", "val", "test"):
+        rel = getattr(cfg, f"{key}_list")
+        if rel:
+            splits[key] = read_list(root / rel)
+    if "test" not in splits:
+        if "val" not in splits:
+            raise DataError(f"{root / cfg.train_list}: data.test_list (or data.val_list) must be set beside "
+                            "data.train_list.")
+        splits["test"] = splits.pop("val")  # the ImageNet convention: val is the test split
+    num_classes = max(int(labels.max()) for _, labels in splits.values()) + 1
+    class_names = list_class_names(*splits["train"], num_classes)
+    return {k: ([str(root / p) for p in paths], labels) for k, (paths, labels) in splits.items()}, class_names
+
+
+def _from_folders(root: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
+    if not (root / "train").is_dir():
+        raise DataError(f"{root / 'train'} does not exist: expected train/<class>/ image folders under data.root, "
+                        "or set data.train_list (and data.val_list / data.test_list) to list files.")
+    paths, labels, class_names = scan_folders(root / "train", None)
+    splits = {"train": (paths, labels)}
+    if (root / "test").is_dir():
+        splits["test"] = scan_folders(root / "test", class_names)[:2]
+        if (root / "val").is_dir():
+            splits["val"] = scan_folders(root / "val", class_names)[:2]
+    else:
+        splits["test"] = scan_folders(root / "val", class_names)[:2]
+    return splits, class_names
 
 
 @register_dataset("imagelist")
 def load(cfg: DataConfig) -> Dataset:
     root = Path(cfg.root).expanduser()
     if cfg.image_size <= 0:
-        raise DataError("data.image_size must be set (> 0) for imagelist data: images are resized once to it.")
+        raise DataError(f"data.image_size must be set (> 0) to read images from {root}: they are resized once "
+                        "to that square size at load.")
     if not root.is_dir():
         raise DataError(f"data.root {root} is not a folder.")
-    splits: dict[str, tuple[list[str], np.ndarray]] = {}
     if cfg.train_list:
-        for key in ("train", "val", "test"):
-            rel = getattr(cfg, f"{key}_list")
-            if rel:
-                paths, labels = read_list(root / rel)
-                splits[key] = ([str(root / p) for p in paths], labels)
-        if "test" not in splits:
-            if "val" not in splits:
-                raise DataError("data.test_list (or data.val_list) must be set beside data.train_list.")
-            splits["test"] = splits.pop("val")
-        top = max(int(lab.max()) for _, lab in splits.values())
-        class_names = [str(c) for c in range(top + 1)]
+        splits, class_names = _from_lists(cfg, root)
+    elif cfg.val_list or cfg.test_list:
+        raise DataError(f"data.val_list / data.test_list are set but data.train_list is empty (data.root {root}).")
     else:
-        tr_paths, tr_labels, class_names = scan_folders(root / "train", None)
-        splits["train"] = (tr_paths, tr_labels)
-        if (root / "test").is_dir():
-            splits["test"] = scan_folders(root / "test", class_names)[:2]
-            if (root / "val").is_dir():
-                splits["val"] = scan_folders(root / "val", class_names)[:2]
-        else:
-            splits["test"] = scan_folders(root / "val", class_names)[:2]
-    decoded = {k: Split(decode_all(p, cfg.image_size), lab) for k, (p, lab) in splits.items()}
+        splits, class_names = _from_folders(root)
+    decoded = {k: Split(decode_all(paths, cfg.image_size), labels) for k, (paths, labels) in splits.items()}
     return Dataset("imagelist", decoded["train"], decoded["test"], class_names, val=decoded.get("val"),
                    meta={"root": str(root)}).validate(str(root))

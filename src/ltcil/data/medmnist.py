@@ -3,6 +3,7 @@ folder holding `<data.subset>.npz` (e.g. breastmnist.npz). Grayscale or RGB; off
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..config import DataConfig
@@ -11,7 +12,9 @@ from ..registry import register_dataset
 from .arrays import read_npz
 from .base import Dataset
 
-# Label names of the 2D subsets (from the MedMNIST v2 INFO table).
+# Label names of the 2D single-label subsets (from the MedMNIST v2 INFO table); others get "0".."K-1".
+_ORGAN = ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+          "lung-right", "pancreas", "spleen"]
 CLASS_NAMES = {
     "breastmnist": ["malignant", "normal, benign"],
     "pneumoniamnist": ["normal", "pneumonia"],
@@ -19,8 +22,9 @@ CLASS_NAMES = {
                    "neutrophil", "platelet"],
     "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
                   "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
-    "organamnist": ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-                    "lung-left", "lung-right", "pancreas", "spleen"],
+    "organamnist": _ORGAN,
+    "organcmnist": _ORGAN,
+    "organsmnist": _ORGAN,
     "tissuemnist": ["Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
                     "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
                     "Thick Ascending Limb"],
@@ -29,6 +33,12 @@ CLASS_NAMES = {
                    "vascular lesions"],
     "octmnist": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
 }
+
+
+def class_names(subset: str) -> list[str] | None:
+    """Names for a subset; MedMNIST+ files carry the image size (breastmnist_128), which does not change them."""
+    names = CLASS_NAMES.get(re.sub(r"_\d+$", "", subset))
+    return list(names) if names else None
 
 
 @register_dataset("medmnist")
@@ -50,4 +60,4 @@ def load(cfg: DataConfig) -> Dataset:
                 f"{path} not found. Put the official MedMNIST file {subset}.npz (from the MedMNIST v2 release, "
                 f"zenodo.org record 10519652) in {root.resolve()}, or set data.root to the file."
             )
-    return read_npz(path, subset or "medmnist", CLASS_NAMES.get(subset))
+    return read_npz(path, subset or "medmnist", class_names(subset))
