@@ -17,11 +17,20 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 2.0, t_squa
     return loss * T * T if t_squared else loss
 
 
-def sigmoid_targets_bce(logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor | None) -> torch.Tensor:
+def sigmoid_targets_bce(
+    logits: torch.Tensor, y: torch.Tensor, old_logits: torch.Tensor | None, num_outputs: int | None = None
+) -> torch.Tensor:
     """iCaRL's loss (Rebuffi et al. 2017, Alg. 3): BCE on every seen class, one-hot targets for the labels,
-    with the old classes' targets replaced by the teacher's sigmoid outputs."""
+    with the old classes' targets replaced by the teacher's sigmoid outputs.
+
+    The sum is divided by batch * num_outputs. iCaRL's network has one output per class of the whole
+    scenario from the start and averages over all of them, so with num_outputs = total classes the
+    gradient scale, and hence the meaning of its lr 2.0, is the same at every task. Averaging over the
+    seen classes only would make the first task's steps C_total / C_seen (10x on B0-Inc10) larger,
+    which made lr 2.0 diverge to a constant output in our runs."""
     targets = F.one_hot(y, logits.shape[1]).to(logits.dtype)
     if old_logits is not None and old_logits.shape[1] > 0:
         n_old = old_logits.shape[1]
         targets[:, :n_old] = torch.sigmoid(old_logits.to(logits.dtype))
-    return F.binary_cross_entropy_with_logits(logits, targets)
+    total = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    return total / (logits.shape[0] * max(num_outputs or logits.shape[1], logits.shape[1]))

@@ -20,10 +20,12 @@ class TeacherMethod(Method):
         super().__init__(model, options, cfg, device)
         self.teacher = None
         self.old_classes = 0
+        self.num_outputs = 0  # classes of the whole scenario (the iCaRL BCE normaliser), set at the first task
         mem = cfg.memory
         self.memory = ExemplarMemory(mem.size, mem.per_class, mem.selection) if self.uses_memory else None
 
     def begin_task(self, task, ctx):
+        self.num_outputs = ctx.scenario.num_classes
         if self.memory is not None:
             self.memory.check_budget(ctx.scenario.num_classes)
         self.old_classes = self.model.num_classes

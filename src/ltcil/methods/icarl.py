@@ -27,7 +27,7 @@ class ICaRL(TeacherMethod):
     def training_step(self, x, y):
         logits = self.model(x)
         old = self.teacher_logits(x) if self.teacher is not None else None
-        return {"loss": sigmoid_targets_bce(logits, y, old)}
+        return {"loss": sigmoid_targets_bce(logits, y, old, self.num_outputs)}
 
     def end_task(self, task, ctx):
         self.update_memory(task, ctx)  # Alg. 3: reduce old sets, construct new sets

@@ -35,7 +35,7 @@ class LwF(TeacherMethod):
         logits = self.model(x)
         old = self.teacher_logits(x) if self.teacher is not None else None
         if self.options.loss == "bce":
-            return {"loss": sigmoid_targets_bce(logits, y, old)}
+            return {"loss": sigmoid_targets_bce(logits, y, old, self.num_outputs)}
         ce = F.cross_entropy(logits, y)
         if old is None:
             return {"loss": ce, "ce": ce}
