@@ -44,7 +44,7 @@ def test_non_finite_loss_stops_with_task_and_epoch(tmp_path):
         return losses
 
     exp.method.training_step = exploding
-    with pytest.raises(NonFiniteLossError, match="task 2, stage 'train', epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="task 2, stage 'train', epoch 1, step 1 of 3"):
         exp.run()
     assert (tmp_path / "checkpoints" / "task_000.pt").exists()  # the last good checkpoint is kept
     assert not (tmp_path / "checkpoints" / "task_001.pt").exists()

@@ -68,10 +68,14 @@ class Trainer:
             start = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             steps, seen = 0, 0
+            # first step whose loss is not finite, tracked on the device (no host sync per step); -1: none
+            first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
             for idx in self.data.index_batches(indices, stage.batch_size, cpu_gen):
                 x, y = self.data.batch(split, idx, spec, dev_gen)
                 with self.autocast():
                     losses = step_fn(x, y)
+                bad = ~torch.isfinite(losses["loss"].detach()) & (first_bad < 0)
+                first_bad = torch.where(bad, torch.full_like(first_bad, steps + 1), first_bad)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 optimizer.step()
@@ -89,9 +93,11 @@ class Trainer:
             }
             self.events.write(event)
             history.append(event)
-            if not all(math.isfinite(v) for v in record.values()):
+            bad_step = int(first_bad)
+            if bad_step > 0 or not all(math.isfinite(v) for v in record.values()):
                 raise NonFiniteLossError(
-                    f"non-finite loss in task {task_index + 1}, stage {name!r}, epoch {epoch + 1}: {record}. "
+                    f"non-finite loss in task {task_index + 1}, stage {name!r}, epoch {epoch + 1}, step "
+                    f"{bad_step if bad_step > 0 else '?'} of {steps}: {record}. "
                     "The run stopped; the checkpoint of the last finished task is kept. Lower train.lr or check "
                     "the data."
                 )
