@@ -80,14 +80,14 @@ class TrainConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength (0 disables)
     resized_crop: bool = False  # random resized crop (scale 0.35-1) instead of padded crop
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
-    channels_last: bool = True  # on GPU
+    channels_last: bool = True  # NHWC activations: +20% training, +50% eval on CPU; faster convs on GPU
     threads: int = 0  # CPU threads for torch (0: all cores)
     progress: bool = True  # tqdm progress bars
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 1024
+    batch_size: int = 256  # larger batches fall out of CPU cache (ResNet-32: 700 img/s at 256, 500 at 1024)
     many_shot: int = 100  # classes with more training images than this are "many-shot"
     few_shot: int = 20  # classes with fewer training images than this are "few-shot"
 

@@ -81,7 +81,7 @@ class Experiment:
         self.scenario = build_scenario(
             cfg.scenario, self.dataset.train.labels, self.dataset.test.labels, self.dataset.num_classes, val_labels
         )
-        channels_last = cfg.train.channels_last and self.device.type == "cuda"
+        channels_last = cfg.train.channels_last
         self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
         self.load_seconds = time.perf_counter() - t0
         torch.manual_seed(task_seed(cfg.seed, 0, 3))  # the initial weights depend on the seed alone
