@@ -43,6 +43,8 @@ class ScenarioConfig:
     longtail_profile: str = "exp"  # exp: n_i = floor(n_max * IF^(-i/(C-1))); step: half the classes get n_max/IF
     longtail_by: str = "class_id"  # class_id: i = original id; arrival: i = arrival position
     val_fraction: float = 0.0  # per-class share of training images held out as validation (never trained on)
+    val_per_class: int = 0  # balanced validation: this many images per class, first from the images the
+    # long-tail subsampling left out (so the training profile is untouched), else carved from training images
     seed: int = 0  # scenario randomness (long-tail subsampling, validation split), separate from training
 
 
@@ -64,6 +66,7 @@ class TrainConfig:
     epochs: int = 10
     initial_epochs: int = 0  # epochs of the first task (0: same as epochs)
     batch_size: int = 128
+    sampler: str = "instance"  # instance | class_balanced | sqrt: how an epoch visits images (data/sampling.py)
     lr: float = 0.1
     initial_lr: float = 0.0  # lr of the first task (0: same as lr)
     optimizer: str = "sgd"  # sgd | adam | adamw
@@ -114,11 +117,12 @@ _CHOICES = {
     "memory.selection": ("herding", "random", "closest"),
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("constant", "step", "cosine"),
+    "train.sampler": ("instance", "class_balanced", "sqrt"),
     "backbone.block": ("basic", "bottleneck"),
 }
 
 _NON_NEGATIVE = {
-    "scenario.initial", "memory.size", "memory.per_class", "train.initial_epochs", "train.lr",
+    "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs", "train.lr",
     "train.initial_lr", "train.momentum", "train.weight_decay", "train.warmup_epochs", "train.crop_padding",
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot",

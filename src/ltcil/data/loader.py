@@ -71,18 +71,37 @@ class DeviceData:
         return self._finish(x), y
 
     def index_batches(
-        self, indices: np.ndarray, batch_size: int, gen: Optional[torch.Generator] = None, shuffle: bool = True
+        self, indices, batch_size: int, gen: Optional[torch.Generator] = None, shuffle: bool = True,
+        training: Optional[bool] = None,
     ) -> Iterator[torch.Tensor]:
-        """Batches of indices; a trailing batch of one is dropped when shuffling (BatchNorm cannot train on it)."""
+        """Batches of indices. When training (default: when shuffling) a trailing batch of one is dropped:
+        BatchNorm cannot train on it."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=gen)]
+        training = shuffle if training is None else training
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            if shuffle and len(chunk) < 2:
+            if training and len(chunk) < 2:
                 break
             yield chunk
 
     def steps_per_epoch(self, n: int, batch_size: int) -> int:
         full, rest = divmod(n, batch_size)
         return full + (1 if rest >= 2 else 0)
+
+
+class FeatureData:
+    """Cached features standing in for images, with DeviceData's batch interface: a stage on a frozen backbone
+    (cRT, LWS, a linear probe) then runs through the engine's loop without a backbone pass per epoch."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.device = features.device
+        self.features = {"train": features}
+        self.labels = {"train": labels}
+
+    index_batches = DeviceData.index_batches
+
+    def batch(self, split: str, idx: torch.Tensor, augment=None, gen=None) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.device)
+        return self.features[split].index_select(0, idx), self.labels[split].index_select(0, idx)

@@ -22,11 +22,13 @@ class TaskContext:
     rebuild_model: object = None  # callable returning a freshly initialised IncrementalNet
 
     def fit(self, step_fn, params, indices: np.ndarray, stage=None, *, epochs: int, lr: float, name: str,
-            split: str = "train", augment: bool = True, modules=()) -> list:
-        """Run an extra training stage (bias correction, classifier re-training) through the engine's loop."""
-        return self.trainer.fit(
+            split: str = "train", augment: bool = True, modules=(), on_epoch=None, trainer=None) -> list:
+        """Run an extra training stage (bias correction, classifier re-training) through the engine's loop;
+        `trainer` replaces the task's trainer (e.g. one over cached features)."""
+        return (trainer or self.trainer).fit(
             step_fn, params, indices, stage if stage is not None else self.cfg.train, epochs=epochs, lr=lr,
             gens=self.gens, task_index=self.task_index, name=name, split=split, augment=augment, modules=modules,
+            on_epoch=on_epoch,
         )
 
     @torch.inference_mode()

@@ -16,8 +16,8 @@ import torch
 from .. import registry
 from ..backbones import build_backbone
 from ..config import Config, dump_config
-from ..errors import ConfigError, LtcilError
 from ..data.loader import DeviceData
+from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
 from ..methods.base import IncrementalNet
 from ..reporting.events import EventLog
@@ -172,7 +172,8 @@ class Experiment:
             )
         indices = self.method.train_indices(task, ctx)
         trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, stage,
-                    epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model])
+                    epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model],
+                    on_epoch=self.method.begin_epoch)
         timing["train"] = time.perf_counter() - t0
         timing["train_images"] = int(len(indices)) * epochs
 

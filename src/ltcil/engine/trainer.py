@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from ..data.augment import AugmentSpec
+from ..data.sampling import epoch_order
 from ..errors import LtcilError
 from .optim import build_optimizer, lr_factor, set_lr
 
@@ -50,9 +51,15 @@ class Trainer:
         split: str = "train",
         augment: bool = True,
         modules=(),
+        on_epoch: Optional[Callable[[int, int], None]] = None,
     ) -> list[dict]:
-        """Run `epochs` epochs of `step_fn` over `indices`; `modules` are put in train mode each epoch."""
+        """Run `epochs` epochs of `step_fn` over `indices`, visited as `stage.sampler` says; `modules` are put
+        in train mode each epoch; `on_epoch(epoch, epochs)` runs before each epoch (e.g. DRW's re-weighting)."""
         cpu_gen, dev_gen = gens
+        sampler = getattr(stage, "sampler", "instance")
+        labels = None
+        if sampler != "instance":
+            labels = self.data.labels[split][torch.as_tensor(indices, dtype=torch.long).to(self.device)].cpu().numpy()
         optimizer = build_optimizer(params, stage, lr, self.device)
         spec = AugmentSpec.from_train_config(stage) if augment else None
         history = []
@@ -65,12 +72,15 @@ class Trainer:
             set_lr(optimizer, lr * lr_factor(stage, epoch, epochs))
             for m in modules:
                 m.train()
+            if on_epoch is not None:
+                on_epoch(epoch, epochs)
             start = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             steps, seen = 0, 0
             # first step whose loss is not finite, tracked on the device (no host sync per step); -1: none
             first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-            for idx in self.data.index_batches(indices, stage.batch_size, cpu_gen):
+            order = epoch_order(sampler, indices, labels, cpu_gen)
+            for idx in self.data.index_batches(order, stage.batch_size, shuffle=False, training=True):
                 x, y = self.data.batch(split, idx, spec, dev_gen)
                 with self.autocast():
                     losses = step_fn(x, y)

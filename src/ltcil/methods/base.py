@@ -27,6 +27,12 @@ class NoOptions:
     """Methods without options of their own."""
 
 
+def train_class_counts(ctx, indices: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Images per arrival label among `indices` of the train split, as a float tensor on the device."""
+    labels = ctx.data.labels["train"][torch.as_tensor(indices, dtype=torch.long).to(ctx.device)]
+    return torch.bincount(labels, minlength=num_classes).float()
+
+
 class IncrementalNet(nn.Module):
     """Backbone + growable head; logits cover every class seen so far."""
 
@@ -75,6 +81,9 @@ class Method:
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before each epoch of the task's main training (0-based epoch)."""
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Named losses for one batch; the engine optimises losses["loss"]."""
