@@ -9,6 +9,8 @@ from pathlib import Path
 
 from ..evaluation import metrics
 
+SHOT_GROUPS = ("many", "medium", "few")
+
 
 def _clean(obj):
     """NaN -> None so results.json is strict JSON."""
@@ -48,8 +50,13 @@ def build_results(steps: list, scenario, config: dict, headline: str, imbalanced
             results[f"accuracy_{name}"] = series
             results[f"average_incremental_accuracy_{name}"] = metrics.average_incremental_accuracy(series)
     if imbalanced:
-        for group in ("many", "medium", "few"):
+        for group in SHOT_GROUPS:
             results[f"accuracy_{group}"] = [e[group] for e in head]
+        # every classifier's many/medium/few series (decoupled stage 2 vs stage 1, NME vs linear, ...)
+        results["shot_accuracy"] = {
+            name: {group: [s["classifiers"][name][group] for s in steps] for group in SHOT_GROUPS}
+            for name in classifiers
+        }
     results.update(extra)
     results["config"] = config
     return _clean(results)

@@ -27,4 +27,16 @@ def summary_table(results: dict) -> str:
     lines.append(f"last accuracy:                {_fmt(results['last_accuracy']).strip()}")
     lines.append(f"forgetting:                   {_fmt(results['forgetting']).strip()}")
     lines.append(f"headline classifier:          {results['headline_classifier']}")
+    shots = results.get("shot_accuracy")
+    if shots:
+        lines.append("")
+        ev = results.get("config", {}).get("eval", {})
+        many, few = ev.get("many_shot", 100), ev.get("few_shot", 20)
+        lines.append(f"after the last task, by training images per class (many > {many} >= medium >= {few} > few):")
+        lines.append(f"{'classifier':>16}  {'all':>5}  {'many':>5}  {'medium':>6}  {'few':>5}")
+        for name, groups in shots.items():
+            key = "accuracy" if name == results["headline_classifier"] else f"accuracy_{name}"
+            overall = results.get(key, acc)[-1] if acc else None
+            lines.append(f"{name:>16}  {_fmt(overall)}  {_fmt(groups['many'][-1])}  "
+                         f"{_fmt(groups['medium'][-1]):>6}  {_fmt(groups['few'][-1])}")
     return "\n".join(lines)

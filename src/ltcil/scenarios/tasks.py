@@ -97,6 +97,19 @@ def _label_map(labels: np.ndarray, order: np.ndarray, num_dataset_classes: int) 
     return lookup[labels]
 
 
+def _balanced_validation(all_idx: np.ndarray, kept: np.ndarray, k: int, rng: np.random.Generator):
+    """k validation images of one class: first from images the long-tail profile left out, then (only when
+    those run short, e.g. CIFAR-LT's head class, which keeps all 500) from the kept ones, leaving >= 1."""
+    left_out = rng.permutation(np.setdiff1d(all_idx, kept))
+    val = left_out[:k]
+    train = kept
+    short = min(k - len(val), len(kept) - 1)
+    if short > 0:
+        perm = rng.permutation(kept)
+        val, train = np.concatenate([val, perm[:short]]), perm[short:]
+    return np.sort(val), np.sort(train)
+
+
 def build_scenario(
     cfg: ScenarioConfig,
     train_labels: np.ndarray,
@@ -126,7 +139,14 @@ def build_scenario(
 
     # Validation: the dataset's own split when it has one, else a per-class share carved from training data.
     train_idx_per_class, val_idx_per_class = {}, {}
-    if val_labels is not None and cfg.val_fraction == 0:
+    if cfg.val_per_class > 0 and cfg.val_fraction > 0:
+        raise ConfigError("scenario.val_per_class and scenario.val_fraction are both set; choose one.")
+    if cfg.val_per_class > 0:
+        val_pool = "train"
+        for cls in order.tolist():
+            val, train = _balanced_validation(np.flatnonzero(train_labels == cls), kept[cls], cfg.val_per_class, rng)
+            val_idx_per_class[cls], train_idx_per_class[cls] = val, train
+    elif val_labels is not None and cfg.val_fraction == 0:
         val_pool = "val"
         for cls in order.tolist():
             train_idx_per_class[cls] = kept[cls]
