@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import run_tiny, tiny_config
+
 from ltcil.config import ScenarioConfig
 from ltcil.data.sampling import epoch_order
 from ltcil.engine.runner import Experiment

@@ -13,7 +13,10 @@ from ltcil.engine.runner import Experiment
 from ltcil.heads.bias import TaskBiasCorrection
 from ltcil.losses.distillation import kd_loss
 
-METHOD_OVERRIDES = {"bic": ["method.bias_epochs=2"]}
+METHOD_OVERRIDES = {
+    "bic": ["method.bias_epochs=2"],
+    "sbcl": ["method.linear_epochs=3", "method.warmup_epochs=0", "method.recluster_every=1", "method.delta=4"],
+}
 
 
 @pytest.mark.parametrize("name", registry.available("method"))

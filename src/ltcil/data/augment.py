@@ -15,8 +15,19 @@ import torch.nn.functional as F
 class AugmentSpec:
     crop_padding: int = 4
     flip: bool = True
-    color_jitter: float = 0.0
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength
     resized_crop: bool = False
+    crop_scale: tuple = (0.35, 1.0)  # area range of the resized crop
+    hue: float = 0.0  # hue jitter: rotation by up to hue * 360 degrees (torchvision's hue, max 0.5)
+    jitter_prob: float = 1.0  # share of images whose colours are jittered
+    grayscale: float = 0.0  # share of images turned grey
+
+    @classmethod
+    def contrastive(cls) -> "AugmentSpec":
+        """SimCLR / SupCon views (as SBCL uses on CIFAR): resized crop of 20-100% of the area, flip, colour
+        jitter (0.4, 0.4, 0.4, hue 0.1) on 80% of images, grayscale on 20%."""
+        return cls(crop_padding=0, flip=True, color_jitter=0.4, resized_crop=True, crop_scale=(0.2, 1.0),
+                   hue=0.1, jitter_prob=0.8, grayscale=0.2)
 
     @classmethod
     def from_train_config(cls, train) -> "AugmentSpec":
@@ -61,17 +72,48 @@ def random_resized_crop(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation factors drawn per sample in [1-s, 1+s]; x in [0, 1]."""
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Hue rotation by `angle` radians per sample, as a rotation about the grey axis in YIQ space (a linear
+    map per image: one batched matmul instead of an RGB -> HSV round trip)."""
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(len(angle), 3, 3, device=x.device, dtype=x.dtype)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    matrix = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", matrix, x)
+
+
+def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator, hue: float = 0.0,
+                 prob: float = 1.0) -> torch.Tensor:
+    """Brightness, contrast and saturation factors drawn per sample in [1-s, 1+s], hue rotated by up to
+    +-hue turns, on a `prob` share of the images; x in [0, 1]."""
     b = x.shape[0]
-    f = 1 + strength * (2 * torch.rand(b, 3, 1, 1, 1, generator=gen, device=gen.device).to(x.device) - 1)
-    x = x * f[:, 0]
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * f[:, 1] + mean
+    r = torch.rand(b, 5, generator=gen, device=gen.device).to(x.device)
+    f = (1 + strength * (2 * r[:, :3] - 1)).view(b, 3, 1, 1, 1)
+    out = x * f[:, 0]
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * f[:, 1] + mean
     if x.shape[1] == 3:
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        x = (x - gray) * f[:, 2] + gray
-    return x.clamp(0, 1)
+        gray = _gray(out)
+        out = (out - gray) * f[:, 2] + gray
+        if hue > 0:
+            out = rotate_hue(out.clamp(0, 1), (2 * r[:, 3] - 1) * hue * 2 * torch.pi)
+    out = out.clamp(0, 1)
+    if prob < 1:
+        out = torch.where((r[:, 4] < prob).view(b, 1, 1, 1), out, x)
+    return out
+
+
+def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    if x.shape[1] != 3 or prob <= 0:
+        return x
+    mask = torch.rand(x.shape[0], generator=gen, device=gen.device).to(x.device) < prob
+    return torch.where(mask.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
 
 
 def augment_uint8(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
@@ -86,7 +128,7 @@ def augment_uint8(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
 def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
     """Photometric and resampling augmentation on floats in [0, 1]."""
     if spec.resized_crop:
-        x = random_resized_crop(x, gen)
-    if spec.color_jitter > 0:
-        x = color_jitter(x, spec.color_jitter, gen)
-    return x
+        x = random_resized_crop(x, gen, scale=spec.crop_scale)
+    if spec.color_jitter > 0 or spec.hue > 0:
+        x = color_jitter(x, spec.color_jitter, gen, spec.hue, spec.jitter_prob)
+    return random_grayscale(x, spec.grayscale, gen)

@@ -173,7 +173,8 @@ class Experiment:
         indices = self.method.train_indices(task, ctx)
         trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, stage,
                     epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model],
-                    on_epoch=self.method.begin_epoch)
+                    on_epoch=self.method.begin_epoch, augment_spec=self.method.augmentation(),
+                    views=self.method.views, with_indices=self.method.batch_indices)
         timing["train"] = time.perf_counter() - t0
         timing["train_images"] = int(len(indices)) * epochs
 

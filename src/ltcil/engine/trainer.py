@@ -52,16 +52,22 @@ class Trainer:
         augment: bool = True,
         modules=(),
         on_epoch: Optional[Callable[[int, int], None]] = None,
+        augment_spec: Optional[AugmentSpec] = None,
+        views: int = 1,
+        with_indices: bool = False,
     ) -> list[dict]:
         """Run `epochs` epochs of `step_fn` over `indices`, visited as `stage.sampler` says; `modules` are put
-        in train mode each epoch; `on_epoch(epoch, epochs)` runs before each epoch (e.g. DRW's re-weighting)."""
+        in train mode each epoch; `on_epoch(epoch, epochs)` runs before each epoch (e.g. DRW's re-weighting).
+        `augment_spec` replaces the stage's augmentation; with `views` > 1 the step gets that many independently
+        augmented copies of the batch, concatenated (2N images for N labels: contrastive learning);
+        `with_indices` passes the batch's indices into the split as a third argument."""
         cpu_gen, dev_gen = gens
         sampler = getattr(stage, "sampler", "instance")
         labels = None
         if sampler != "instance":
             labels = self.data.labels[split][torch.as_tensor(indices, dtype=torch.long).to(self.device)].cpu().numpy()
         optimizer = build_optimizer(params, stage, lr, self.device)
-        spec = AugmentSpec.from_train_config(stage) if augment else None
+        spec = (augment_spec or AugmentSpec.from_train_config(stage)) if augment else None
         history = []
         bar = None
         if self.progress:
@@ -70,10 +76,10 @@ class Trainer:
             bar = tqdm(total=epochs, desc=f"task {task_index + 1} {name}", leave=False, dynamic_ncols=True)
         for epoch in range(epochs):
             set_lr(optimizer, lr * lr_factor(stage, epoch, epochs))
+            if on_epoch is not None:  # before train(): a hook may run the model in eval mode (e.g. clustering)
+                on_epoch(epoch, epochs)
             for m in modules:
                 m.train()
-            if on_epoch is not None:
-                on_epoch(epoch, epochs)
             start = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             steps, seen = 0, 0
@@ -82,8 +88,10 @@ class Trainer:
             order = epoch_order(sampler, indices, labels, cpu_gen)
             for idx in self.data.index_batches(order, stage.batch_size, shuffle=False, training=True):
                 x, y = self.data.batch(split, idx, spec, dev_gen)
+                if views > 1:
+                    x = torch.cat([x] + [self.data.batch(split, idx, spec, dev_gen)[0] for _ in range(views - 1)])
                 with self.autocast():
-                    losses = step_fn(x, y)
+                    losses = step_fn(x, y, idx) if with_indices else step_fn(x, y)
                 bad = ~torch.isfinite(losses["loss"].detach()) & (first_bad < 0)
                 first_bad = torch.where(bad, torch.full_like(first_bad, steps + 1), first_bad)
                 optimizer.zero_grad(set_to_none=True)

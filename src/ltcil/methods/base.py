@@ -57,6 +57,8 @@ class Method:
 
     Options = NoOptions  # a dataclass of the method's own config keys (method.<key>)
     headline = "logits"  # which of predict()'s classifiers results.json's "accuracy" reports
+    views = 1  # augmented views per image in training_step's x (contrastive methods: 2, concatenated)
+    batch_indices = False  # True: training_step(x, y, idx) also gets the batch's indices into the train split
 
     def __init__(self, model: IncrementalNet, options, cfg, device: torch.device):
         self.model = model.to(device)
@@ -81,6 +83,10 @@ class Method:
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def augmentation(self):
+        """The AugmentSpec of the main training (None: the train config's crop/flip/jitter)."""
+        return None
 
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each epoch of the task's main training (0-based epoch)."""
