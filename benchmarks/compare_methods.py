@@ -6,6 +6,9 @@
         --set data.root=../shared/data train.epochs=2
     python benchmarks/compare_methods.py --out runs/bench_digits --runs quickstart_digits \
         --methods finetune lwf icarl bic joint
+    python benchmarks/compare_methods.py --out runs/bench_cifar_lt --runs crt_resnet32_cifar100lt_if100_short \
+        ldam_drw_resnet32_cifar100lt_if100_short balanced_softmax_resnet32_cifar100lt_if100_short \
+        sbcl_resnet32_cifar100lt_if100_short --set data.root=../shared/data
 
 Prints one JSON line per run (machine-readable) and a table at the end. Not run by the test suite.
 """
@@ -50,9 +53,15 @@ def main() -> None:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "overrides": args.set,
         }
-        for key in ("accuracy_linear", "accuracy_before_correction"):
+        for key in ("accuracy_linear", "accuracy_before_correction", "tau", "classifier_selection"):
             if key in results:
                 row[key] = results[key]
+        if "shot_accuracy" in results:  # long-tailed runs: every classifier's all / many / medium / few, last task
+            row["last_by_classifier"] = {
+                name: {"all": results.get(f"accuracy_{name}", results["accuracy"])[-1],
+                       **{g: series[-1] for g, series in groups.items()}}
+                for name, groups in results["shot_accuracy"].items()
+            }
         print(json.dumps(row), flush=True)
         rows.append(row)
 
@@ -61,6 +70,14 @@ def main() -> None:
         forget = "-" if r["forgetting"] is None else f"{r['forgetting']:.1f}"
         print(f"{r['run']:45s} {r['average_incremental_accuracy']:8.2f} {r['last_accuracy']:6.2f} {forget:>7s} "
               f"{r['wall_seconds']:8.0f}")
+    shots = [(r["run"], name, v) for r in rows for name, v in r.get("last_by_classifier", {}).items()]
+    if shots:
+        def fmt(v):
+            return "     -" if v is None else f"{v:6.2f}"
+
+        print(f"\n{'run':45s} {'classifier':>10s} {'all':>6s} {'many':>6s} {'medium':>6s} {'few':>6s}")
+        for run, name, v in shots:
+            print(f"{run:45s} {name:>10s} {fmt(v['all'])} {fmt(v['many'])} {fmt(v['medium'])} {fmt(v['few'])}")
 
 
 if __name__ == "__main__":
