@@ -47,3 +47,16 @@ def test_resized_crop_and_jitter_keep_shape_and_range():
     assert y.shape == x.shape and z.shape == x.shape
     assert z.min() >= 0 and z.max() <= 1
     assert not torch.allclose(y, x)
+
+
+def test_contrastive_views_jitter_a_share_and_grey_a_share():
+    from ltcil.data.augment import augment_float
+
+    x = torch.rand(4000, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    spec = AugmentSpec(crop_padding=0, flip=False, color_jitter=0.4, hue=0.1, jitter_prob=0.8, grayscale=0.2)
+    out = augment_float(x, spec, torch.Generator().manual_seed(6))
+    grey = (out[:, 0] == out[:, 1]).flatten(1).all(1) & (out[:, 1] == out[:, 2]).flatten(1).all(1)
+    untouched = (out == x).flatten(1).all(1)
+    assert abs(grey.float().mean().item() - 0.2) < 0.03
+    assert abs(untouched.float().mean().item() - 0.2 * 0.8) < 0.03  # neither jittered nor greyed
+    assert out.min() >= 0 and out.max() <= 1

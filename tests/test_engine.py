@@ -85,3 +85,29 @@ def test_val_split_is_never_trained_on(tmp_path):
     exp.run()
     val = set(torch.cat([torch.as_tensor(t.val_indices) for t in exp.scenario.tasks]).tolist())
     assert val and not (val & trained)
+
+
+def test_trainer_gives_views_and_indices_to_the_step(tmp_path):
+    import numpy as np
+    import torch
+
+    from ltcil.data.augment import AugmentSpec
+    from ltcil.engine.seed import generators
+    from ltcil.engine.trainer import Trainer
+    from ltcil.reporting.events import EventLog
+
+    exp = Experiment(tiny_config(), tmp_path)
+    seen = []
+
+    def step(x, y, idx):
+        seen.append((x.shape[0], y.shape[0], idx.clone()))
+        assert torch.equal(exp.data.labels["train"][idx], y)
+        return {"loss": (x.mean() * 0 + torch.ones((), requires_grad=True)).sum()}
+
+    indices = exp.scenario.tasks[0].train_indices
+    Trainer(exp.data, exp.device, EventLog(None), progress=False).fit(
+        step, [torch.nn.Parameter(torch.zeros(1))], indices, exp.cfg.train, epochs=1, lr=0.1,
+        gens=generators(0, 0, exp.device), task_index=0, augment_spec=AugmentSpec.contrastive(), views=2,
+        with_indices=True)
+    assert all(nx == 2 * ny for nx, ny, _ in seen)
+    assert sorted(torch.cat([i for _, _, i in seen]).tolist()) == sorted(np.asarray(indices).tolist())
