@@ -79,3 +79,14 @@ def test_config_parser_accepts_or_names_the_key(key, value):
     section, _, name = key.partition(".")
     got = getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
     assert got is not None
+
+
+@given(st.dictionaries(st.integers(0, 50), st.integers(0, 600), min_size=1, max_size=30), st.integers(1, 3000))
+@settings(max_examples=200, deadline=None)
+def test_memory_budgets_never_starve_a_class(available, total):
+    from ltcil.memory.buffer import class_budgets
+
+    budgets = class_budgets(available, total, 0)
+    assert sum(budgets.values()) <= total
+    for c, n in available.items():
+        assert min(n, total // len(available)) <= budgets[c] <= n

@@ -130,7 +130,7 @@ def build_scenario(
         if cfg.longtail_by == "class_id":
             # Profile by original id (ordered LT-CIL when the order is natural): rank of each arriving class.
             position = np.argsort(np.argsort(order))
-        profile = profile_counts(cfg.longtail_profile, int(available.max()), len(order), cfg.imbalance_factor)
+        profile = profile_counts(cfg.longtail_profile, int(available.max()), len(order), cfg.imbalance_factor, rng)
         # Every class keeps at least one image: a tiny n_max with a large IF would otherwise empty the tail.
         wanted = np.minimum(np.maximum(profile[position], 1), available)
     else:
