@@ -136,3 +136,12 @@ def test_tau_norm_without_validation_fails_before_training(tmp_path):
 def test_unknown_decoupled_classifier_is_named():
     with pytest.raises(ConfigError, match="method.classifier"):
         Experiment(tiny_config("method.name=decoupled", "method.classifier=crtt"), "/tmp/never-used")
+
+
+def test_bad_method_options_fail_before_any_data_loads(tmp_path):
+    # the data root does not exist: the option error must come first
+    for bad in (["method.name=decoupled", "method.classifier=crtt"], ["method.name=ldam_drw", "method.reweight=x"],
+                ["method.name=sbcl", "method.classifier=svm"], ["method.name=proto_lt", "memory.size=0"]):
+        cfg = tiny_config("data.name=cifar100", f"data.root={tmp_path / 'absent'}", "data.download=false", *bad)
+        with pytest.raises(ConfigError, match="method"):
+            Experiment(cfg, tmp_path / "run")

@@ -49,7 +49,7 @@ def check_components(cfg: Config) -> None:
     registry.get("dataset", cfg.data.name, key="data.name")
     registry.get("backbone", cfg.backbone.name, key="backbone.name")
     method_cls = registry.get("method", cfg.method["name"], key="method.name")
-    method_cls.parse_options(cfg.method)
+    method_cls.check(method_cls.parse_options(cfg.method), cfg)
 
 
 def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.device):

@@ -71,6 +71,10 @@ class Method:
         values = {k: v for k, v in method_section.items() if k != "name"}
         return build_dataclass(cls.Options, values, "method", where)
 
+    @classmethod
+    def check(cls, options, cfg) -> None:
+        """Reject impossible option values (ConfigError naming the key) before any data is loaded."""
+
     # --- hooks -------------------------------------------------------------------------------------------
     def begin_task(self, task: "Task", ctx: "TaskContext") -> None:
         """Grow the head for the task's classes."""

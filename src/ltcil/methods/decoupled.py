@@ -64,13 +64,16 @@ def mean_class_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
 class Decoupled(ReplayMethod):
     Options = DecoupledOptions
 
-    def __init__(self, model, options, cfg, device):
+    @classmethod
+    def check(cls, options, cfg):
         if options.classifier not in CLASSIFIERS:
             raise ConfigError(f"method.classifier: {options.classifier!r} is not one of {', '.join(CLASSIFIERS)}.")
         if options.sampler not in SAMPLERS:
             raise ConfigError(f"method.sampler: {options.sampler!r} is not one of {', '.join(SAMPLERS)}.")
         if not options.taus or min(options.taus) < 0:
             raise ConfigError(f"method.taus must be a non-empty list of values >= 0, got {options.taus}.")
+
+    def __init__(self, model, options, cfg, device):
         super().__init__(model, options, cfg, device)
         self.headline = options.classifier
         self.crt_head = None  # IncrementalLinear over all seen classes, refitted from scratch every task

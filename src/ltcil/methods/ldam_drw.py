@@ -30,11 +30,14 @@ class LDAMOptions:
 class LDAMDRW(ReplayMethod):
     Options = LDAMOptions
 
-    def __init__(self, model, options, cfg, device):
+    @classmethod
+    def check(cls, options, cfg):
         if options.reweight not in ("drw", "none", "always"):
             raise ConfigError(f"method.reweight: {options.reweight!r} is not one of drw, none, always.")
         if not 0 < options.max_margin:
             raise ConfigError(f"method.max_margin must be > 0, got {options.max_margin}.")
+
+    def __init__(self, model, options, cfg, device):
         model.head = CosineLinear(model.backbone.num_features, sigma=False)  # Sec. 4 / code: NormedLinear
         super().__init__(model, options, cfg, device)
         self.margins = self.class_weights = self.weights = None

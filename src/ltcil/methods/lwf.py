@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..losses.distillation import kd_loss, sigmoid_targets_bce
 from ..registry import register_method
 from .distillation_base import TeacherMethod
@@ -24,12 +25,10 @@ class LwF(TeacherMethod):
     Options = LwFOptions
     uses_memory = False  # LwF stores no exemplars
 
-    def __init__(self, model, options, cfg, device):
+    @classmethod
+    def check(cls, options, cfg):
         if options.loss not in ("kd", "bce"):
-            from ..errors import ConfigError
-
             raise ConfigError(f"method.loss: {options.loss!r} is not one of kd, bce.")
-        super().__init__(model, options, cfg, device)
 
     def training_step(self, x, y):
         logits = self.model(x)

@@ -78,12 +78,15 @@ class SBCL(ReplayMethod):
     views = 2
     batch_indices = True
 
-    def __init__(self, model, options, cfg, device):
+    @classmethod
+    def check(cls, options, cfg):
         if options.classifier not in ("ldam_drw", "cb"):
             raise ConfigError(f"method.classifier: {options.classifier!r} is not one of ldam_drw, cb.")
         for key in ("warmup_epochs", "recluster_every", "delta", "linear_epochs"):
             if getattr(options, key) < (0 if key == "warmup_epochs" else 1):
                 raise ConfigError(f"method.{key}: {getattr(options, key)} is out of range.")
+
+    def __init__(self, model, options, cfg, device):
         super().__init__(model, options, cfg, device)
         self.projector = ProjectionHead(model.backbone.num_features, options.projection_dim).to(device)
         self.model.head = self._new_classifier(0)
