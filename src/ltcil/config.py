@@ -123,8 +123,8 @@ _CHOICES = {
 }
 
 _NON_NEGATIVE = {
-    "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs", "train.lr",
-    "train.initial_lr", "train.momentum", "train.weight_decay", "train.warmup_epochs", "train.crop_padding",
+    "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs",
+    "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay", "train.warmup_epochs", "train.crop_padding",
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot",
 }

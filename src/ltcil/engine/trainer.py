@@ -65,7 +65,8 @@ class Trainer:
         sampler = getattr(stage, "sampler", "instance")
         labels = None
         if sampler != "instance":
-            labels = self.data.labels[split][torch.as_tensor(indices, dtype=torch.long).to(self.device)].cpu().numpy()
+            where = torch.as_tensor(indices, dtype=torch.long).to(self.device)
+            labels = self.data.labels[split][where].cpu().numpy()
         optimizer = build_optimizer(params, stage, lr, self.device)
         spec = (augment_spec or AugmentSpec.from_train_config(stage)) if augment else None
         history = []
