@@ -145,3 +145,20 @@ def test_bad_method_options_fail_before_any_data_loads(tmp_path):
         cfg = tiny_config("data.name=cifar100", f"data.root={tmp_path / 'absent'}", "data.download=false", *bad)
         with pytest.raises(ConfigError, match="method"):
             Experiment(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind", ["balanced_softmax", "class_balanced"])
+def test_long_tail_losses_inside_incremental_methods(kind, tmp_path):
+    # equal class counts: the long-tail loss is CE; skewed counts: it is not
+    exp = Experiment(tiny_config("method.name=bic", f"train.loss={kind}"), tmp_path / "unit")
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    exp.method.train_counts = torch.full((4,), 20.0)
+    assert torch.allclose(exp.method.classification_loss(logits, y), F.cross_entropy(logits, y), atol=1e-6)
+    exp.method.train_counts = torch.tensor([200.0, 20.0, 5.0, 5.0])
+    assert not torch.allclose(exp.method.classification_loss(logits, y), F.cross_entropy(logits, y))
+    for method in ("bic", "replay", "lwf"):
+        extra = ["method.bias_epochs=2"] if method == "bic" else ["method.loss=kd"] if method == "lwf" else []
+        results = run_tiny(tmp_path / method, f"method.name={method}", f"train.loss={kind}",
+                           "scenario.imbalance_factor=5", *extra)
+        assert len(results["accuracy"]) == 3

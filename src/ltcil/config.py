@@ -68,6 +68,8 @@ class TrainConfig:
     initial_epochs: int = 0  # epochs of the first task (0: same as epochs)
     batch_size: int = 128
     sampler: str = "instance"  # instance | class_balanced | sqrt: how an epoch visits images (data/sampling.py)
+    loss: str = "ce"  # ce | balanced_softmax | class_balanced: the classification term of methods built on CE
+    cb_beta: float = 0.9999  # class_balanced: effective-number weights (Cui et al. 2019)
     lr: float = 0.1
     initial_lr: float = 0.0  # lr of the first task (0: same as lr)
     optimizer: str = "sgd"  # sgd | adam | adamw
@@ -119,6 +121,7 @@ _CHOICES = {
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("constant", "step", "cosine"),
     "train.sampler": ("instance", "class_balanced", "sqrt"),
+    "train.loss": ("ce", "balanced_softmax", "class_balanced"),
     "backbone.block": ("basic", "bottleneck"),
 }
 

@@ -19,7 +19,7 @@ from ..config import Config, dump_config
 from ..data.loader import DeviceData
 from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
-from ..methods.base import IncrementalNet
+from ..methods.base import IncrementalNet, train_class_counts
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
 from ..scenarios import build_scenario
@@ -171,6 +171,7 @@ class Experiment:
                 else cfg.train.weight_decay,
             )
         indices = self.method.train_indices(task, ctx)
+        self.method.train_counts = train_class_counts(ctx, indices, self.method.model.num_classes)
         trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, stage,
                     epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model],
                     on_epoch=self.method.begin_epoch, augment_spec=self.method.augmentation(),

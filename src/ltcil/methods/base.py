@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..config import build_dataclass
 from ..heads.linear import IncrementalLinear
+from ..losses.longtail import balanced_softmax_loss, class_balanced_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.context import TaskContext
@@ -65,6 +66,7 @@ class Method:
         self.options = options
         self.cfg = cfg
         self.device = device
+        self.train_counts: Optional[torch.Tensor] = None  # per class, of the current task's training indices
 
     @classmethod
     def parse_options(cls, method_section: dict, where: str = ""):
@@ -97,7 +99,18 @@ class Method:
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Named losses for one batch; the engine optimises losses["loss"]."""
-        return {"loss": F.cross_entropy(self.model(x), y)}
+        return {"loss": self.classification_loss(self.model(x), y)}
+
+    def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The CE term of the main training, long-tail aware when `train.loss` says so. `train_counts` (images
+        per class of what this task trains on, set by the engine before training) gives the prior."""
+        kind = self.cfg.train.loss
+        if kind == "ce":
+            return F.cross_entropy(logits, y)
+        counts = self.train_counts[: logits.shape[1]].to(logits.device)
+        if kind == "balanced_softmax":
+            return balanced_softmax_loss(logits, y, counts)
+        return F.cross_entropy(logits, y, weight=class_balanced_weights(counts, self.cfg.train.cb_beta))
 
     def end_task(self, task: "Task", ctx: "TaskContext") -> None:
         pass

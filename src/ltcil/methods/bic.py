@@ -90,7 +90,7 @@ class BiC(TeacherMethod):
 
     def training_step(self, x, y):
         logits = self.model.forward_uncorrected(x)  # the newest task is uncorrected while it trains
-        ce = F.cross_entropy(logits, y)
+        ce = self.classification_loss(logits, y)
         if self.teacher is None:
             return {"loss": ce, "ce": ce}
         lam = self.old_classes / logits.shape[1]  # Eq. 3: lambda = n / (n + m)

@@ -13,7 +13,6 @@ from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
 from ..losses.longtail import class_balanced_weights, ldam_loss, ldam_margins
 from ..registry import register_method
-from .base import train_class_counts
 from .exemplar_base import ReplayMethod
 
 
@@ -42,14 +41,10 @@ class LDAMDRW(ReplayMethod):
         super().__init__(model, options, cfg, device)
         self.margins = self.class_weights = self.weights = None
 
-    def begin_task(self, task, ctx):
-        super().begin_task(task, ctx)
-        counts = train_class_counts(ctx, self.train_indices(task, ctx), self.model.num_classes)
-        self.margins = ldam_margins(counts, self.options.max_margin)
-        self.class_weights = class_balanced_weights(counts, self.options.beta)
-        self.weights = None
-
     def begin_epoch(self, epoch, epochs):
+        if epoch == 0:  # train_counts: images per class of this task's training indices, set by the engine
+            self.margins = ldam_margins(self.train_counts, self.options.max_margin)
+            self.class_weights = class_balanced_weights(self.train_counts, self.options.beta)
         on = self.options.reweight == "always" or (self.options.reweight == "drw" and epoch >= self.options.drw_epoch)
         self.weights = self.class_weights if on else None
 

@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from ..errors import ConfigError
 from ..losses.distillation import kd_loss, sigmoid_targets_bce
 from ..registry import register_method
@@ -35,7 +33,7 @@ class LwF(TeacherMethod):
         old = self.teacher_logits(x) if self.teacher is not None else None
         if self.options.loss == "bce":
             return {"loss": sigmoid_targets_bce(logits, y, old, self.num_outputs)}
-        ce = F.cross_entropy(logits, y)
+        ce = self.classification_loss(logits, y)
         if old is None:
             return {"loss": ce, "ce": ce}
         kd = kd_loss(logits[:, : self.old_classes], old, self.options.T)

@@ -104,7 +104,7 @@ class ProtoLT(ReplayMethod):
         protos = torch.cat([head.prototypes[:start], new_protos])
         absent = torch.cat([torch.zeros(start, dtype=torch.bool, device=x.device), ~present])
         logits = head.logits(feats, protos).masked_fill(absent, float("-inf"))
-        ncm = F.cross_entropy(logits, y)
+        ncm = self.classification_loss(logits, y)
         losses = {"ncm": ncm}
         loss = ncm
         if o.spread:
