@@ -1,4 +1,4 @@
-"""The `ltcil` command: run, resume, list."""
+"""The `ltcil` command: run, resume, list, report."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltcil", description="Class-incremental learning under long-tailed data.",
         epilog="Examples:\n  ltcil run\n  ltcil run icarl_resnet32_cifar100_b0inc10 data.root=../shared/data "
-               "train.epochs=1\n  ltcil resume runs/finetune_digits_20261123-101500\n  ltcil list methods",
+               "train.epochs=1\n  ltcil resume runs/finetune_digits_20261123-101500\n  ltcil list methods\n"
+               "  ltcil report runs/finetune_digits_20261123-101500 runs/icarl_digits_20261123-103000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -35,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list registered components or shipped configs")
     lst.add_argument("what", choices=["methods", "datasets", "backbones", "configs"])
+
+    report = sub.add_parser("report", help="compare runs: an HTML page with inlined figures and a Markdown summary")
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders made by `ltcil run`")
+    report.add_argument("--out", type=Path, metavar="DIR",
+                        help="folder for report.html and report.md (default: the run folder when one run is given, "
+                             "else reports/report_<time>)")
     return parser
 
 
@@ -94,9 +101,17 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .reporting.report import write_report
+
+    html_path, md_path = write_report(args.run_dirs, args.out)
+    print(f"wrote {html_path}\nwrote {md_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list}[args.command]
+    handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report}[args.command]
     try:
         return handler(args)
     except LtcilError as exc:
