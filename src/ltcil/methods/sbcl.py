@@ -141,10 +141,11 @@ class SBCL(ReplayMethod):
         self.subclass_of = lookup
         self.tau_class = class_temperatures(z, y, self.model.num_classes, self.options.temperature,
                                             self.options.alpha)
+        present = torch.bincount(y, minlength=self.model.num_classes) > 0
         ctx.events.write({"event": "subclasses", "task": ctx.task_index, "epoch": epoch + 1,
-                          "subclasses": int(per_class.sum()), "split_classes": int((per_class > 1).sum()),
-                          "tau2_min": float(self.tau_class[per_class > 0].min()),
-                          "tau2_max": float(self.tau_class[per_class > 0].max())})
+                          "subclasses": int(per_class[present].sum()), "split_classes": int((per_class > 1).sum()),
+                          "tau2_min": float(self.tau_class[present].min()),
+                          "tau2_max": float(self.tau_class[present].max())})
 
     def training_step(self, x, y, idx):
         z = self.projector(self.model.forward_features(x))
