@@ -9,6 +9,11 @@
     python benchmarks/compare_methods.py --out runs/bench_cifar_lt --runs crt_resnet32_cifar100lt_if100_short \
         ldam_drw_resnet32_cifar100lt_if100_short balanced_softmax_resnet32_cifar100lt_if100_short \
         sbcl_resnet32_cifar100lt_if100_short --set data.root=../shared/data
+    python benchmarks/compare_methods.py --out runs/bench_r40 --set data.root=../shared/data --runs \
+        proto_lt_protonet_cifar100_r40_5x20_short proto_lt_protonet_cifar100_r40_5x20_short@method.mix=false
+
+A run is a config name with optional overrides of its own after "@" (NAME@key=value@key=value), for
+ablations of one config; --set applies to every run.
 
 Prints one JSON line per run (machine-readable) and a table at the end. Not run by the test suite.
 """
@@ -28,18 +33,20 @@ from ltcil.engine.runner import Experiment, prepare_run_dir
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_cifar"))
-    parser.add_argument("--runs", nargs="+", required=True, help="shipped config names or YAML paths")
+    parser.add_argument("--runs", nargs="+", required=True,
+                        help="shipped config names or YAML paths, each optionally followed by @key=value overrides")
     parser.add_argument("--set", nargs="*", default=[], help="overrides applied to every run")
     parser.add_argument("--methods", nargs="*", default=[], help="run each config once per method.name")
     args = parser.parse_args()
 
     rows = []
     jobs = [(name, m) for name in args.runs for m in (args.methods or [None])]
-    for name, method in jobs:
+    for spec, method in jobs:
+        name, *own = spec.split("@")
         extra = [f"method.name={method}"] if method else []
-        cfg = load_config(name, ["train.progress=false", *args.set, *extra])
-        label = Path(name).stem + (f"[{method}]" if method else "")
-        run_dir = args.out / label.replace("[", "_").replace("]", "")
+        cfg = load_config(name, ["train.progress=false", *args.set, *own, *extra])
+        label = Path(name).stem + "".join(f"@{o}" for o in own) + (f"[{method}]" if method else "")
+        run_dir = args.out / label.replace("[", "_").replace("]", "").replace("@", "_").replace("=", "-")
         prepare_run_dir(run_dir, force=True)
         start = time.perf_counter()
         results = Experiment(cfg, run_dir, progress=False).run()
@@ -51,7 +58,7 @@ def main() -> None:
             "accuracy": results["accuracy"], "wall_seconds": wall,
             "train_seconds": sum(t["train"] for t in results["timing"]),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "overrides": args.set,
+            "overrides": [*args.set, *own],
         }
         for key in ("accuracy_linear", "accuracy_before_correction", "tau", "classifier_selection"):
             if key in results:
@@ -65,19 +72,22 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
 
-    print(f"\n{'run':45s} {'avg inc':>8s} {'last':>6s} {'forget':>7s} {'wall s':>8s}")
+    print(f"\n{'run':60s} {'avg inc':>8s} {'last':>6s} {'forget':>7s} {'wall s':>8s}")
     for r in rows:
         forget = "-" if r["forgetting"] is None else f"{r['forgetting']:.1f}"
-        print(f"{r['run']:45s} {r['average_incremental_accuracy']:8.2f} {r['last_accuracy']:6.2f} {forget:>7s} "
+        print(f"{r['run']:60s} {r['average_incremental_accuracy']:8.2f} {r['last_accuracy']:6.2f} {forget:>7s} "
               f"{r['wall_seconds']:8.0f}")
+    print(f"\n{'run':60s} accuracy after each task")
+    for r in rows:
+        print(f"{r['run']:60s} " + " ".join(f"{a:6.2f}" for a in r["accuracy"]))
     shots = [(r["run"], name, v) for r in rows for name, v in r.get("last_by_classifier", {}).items()]
     if shots:
         def fmt(v):
             return "     -" if v is None else f"{v:6.2f}"
 
-        print(f"\n{'run':45s} {'classifier':>10s} {'all':>6s} {'many':>6s} {'medium':>6s} {'few':>6s}")
+        print(f"\n{'run':60s} {'classifier':>10s} {'all':>6s} {'many':>6s} {'medium':>6s} {'few':>6s}")
         for run, name, v in shots:
-            print(f"{run:45s} {name:>10s} {fmt(v['all'])} {fmt(v['many'])} {fmt(v['medium'])} {fmt(v['few'])}")
+            print(f"{run:60s} {name:>10s} {fmt(v['all'])} {fmt(v['many'])} {fmt(v['medium'])} {fmt(v['few'])}")
 
 
 if __name__ == "__main__":

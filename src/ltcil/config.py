@@ -53,6 +53,8 @@ class ScenarioConfig:
 class BackboneConfig:
     name: str = "resnet32"
     block: str = "basic"  # resnet_cifar: basic | bottleneck
+    norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN)
+    norm_groups: int = 4  # cn: groups of the GroupNorm (CCSI's gn_size default)
 
 
 @dataclass
@@ -123,6 +125,7 @@ _CHOICES = {
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
     "backbone.block": ("basic", "bottleneck"),
+    "backbone.norm": ("bn", "cn"),
 }
 
 _NON_NEGATIVE = {
@@ -131,7 +134,7 @@ _NON_NEGATIVE = {
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot",
 }
-_POSITIVE = {"train.epochs", "train.batch_size", "eval.batch_size", "train.gamma", "data.num_classes",
+_POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma", "data.num_classes",
              "data.images_per_class"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -20,6 +21,7 @@ class TaskContext:
     events: object
     task_index: int
     rebuild_model: object = None  # callable returning a freshly initialised IncrementalNet
+    run_dir: Optional[Path] = None  # where a method may leave pictures (CCSI's impressions)
 
     def fit(self, step_fn, params, indices: np.ndarray, stage=None, *, epochs: int, lr: float, name: str,
             split: str = "train", augment: bool = True, modules=(), on_epoch=None, trainer=None) -> list:

@@ -151,7 +151,7 @@ class Experiment:
         cfg, t = self.cfg, task.index
         seed_task(cfg.seed, t)
         ctx = TaskContext(cfg, self.scenario, self.data, trainer, self.device,
-                          generators(cfg.seed, t, self.device), events, t, self.new_model)
+                          generators(cfg.seed, t, self.device), events, t, self.new_model, self.run_dir)
         timing = {"task": t}
         t0 = time.perf_counter()
         self.method.begin_task(task, ctx)

@@ -16,14 +16,26 @@ from .linear import IncrementalLinear
 
 
 class CosineLinear(IncrementalLinear):
-    """Growable like IncrementalLinear (no bias); `sigma=False` fixes the scale at 1."""
+    """Growable like IncrementalLinear (no bias); `sigma=False` fixes the scale at 1.
+
+    `frozen` rows (the old classes of LUCIR's split classifier, fc1) pass no gradient: only the new rows and
+    sigma learn. Set by the method at each task; with weight decay 0 (as LUCIR and CCSI train) they stay put.
+    """
 
     def __init__(self, in_features: int, sigma: bool = True, num_classes: int = 0):
         super().__init__(in_features, num_classes=num_classes, bias=False)
         self.sigma = nn.Parameter(torch.ones(())) if sigma else None
+        self.frozen = 0
+
+    def cosines(self, x: torch.Tensor) -> torch.Tensor:
+        """cos(x, w_c) for every class, before the sigma scale."""
+        weight = self.weight
+        if self.frozen:
+            weight = torch.cat([weight[: self.frozen].detach(), weight[self.frozen :]])
+        return F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        logits = self.cosines(x)
         return logits if self.sigma is None else self.sigma * logits
 
     @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Layers shared by backbones and methods."""
