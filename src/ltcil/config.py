@@ -81,6 +81,7 @@ class TrainConfig:
     milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
     initial_milestones: Optional[list] = None  # milestones of the first task (None: same as milestones)
     initial_weight_decay: Optional[float] = None  # weight decay of the first task (None: same as weight_decay)
+    initial_batch_size: int = 0  # batch size of the first task (0: same as batch_size)
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
     crop_padding: int = 4  # random crop with this zero padding (0 disables)
@@ -130,7 +131,8 @@ _CHOICES = {
 
 _NON_NEGATIVE = {
     "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs",
-    "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay", "train.warmup_epochs", "train.crop_padding",
+    "train.initial_batch_size", "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay",
+    "train.warmup_epochs", "train.crop_padding",
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot",
 }

@@ -162,13 +162,15 @@ class Experiment:
         epochs = cfg.train.initial_epochs if first and cfg.train.initial_epochs else cfg.train.epochs
         lr = cfg.train.initial_lr if first and cfg.train.initial_lr else cfg.train.lr
         stage = cfg.train
-        if first and (cfg.train.initial_milestones is not None or cfg.train.initial_weight_decay is not None):
+        if first and (cfg.train.initial_milestones is not None or cfg.train.initial_weight_decay is not None
+                      or cfg.train.initial_batch_size):
             stage = dataclasses.replace(
                 cfg.train,
                 milestones=cfg.train.initial_milestones if cfg.train.initial_milestones is not None
                 else cfg.train.milestones,
                 weight_decay=cfg.train.initial_weight_decay if cfg.train.initial_weight_decay is not None
                 else cfg.train.weight_decay,
+                batch_size=cfg.train.initial_batch_size or cfg.train.batch_size,
             )
         indices = self.method.train_indices(task, ctx)
         self.method.train_counts = train_class_counts(ctx, indices, self.method.model.num_classes)
