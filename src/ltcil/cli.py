@@ -1,4 +1,4 @@
-"""The `ltcil` command: run, resume, list, report."""
+"""The `ltcil` command: run, resume, list, report, sweep."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="ltcil", description="Class-incremental learning under long-tailed data.",
         epilog="Examples:\n  ltcil run\n  ltcil run icarl_resnet32_cifar100_b0inc10 data.root=../shared/data "
                "train.epochs=1\n  ltcil resume runs/finetune_digits_20261123-101500\n  ltcil list methods\n"
-               "  ltcil report runs/finetune_digits_20261123-101500 runs/icarl_digits_20261123-103000",
+               "  ltcil report runs/finetune_digits_20261123-101500 runs/icarl_digits_20261123-103000\n"
+               "  ltcil sweep quickstart_digits scenario.val_fraction=0.1 --grid train.lr=0.01,0.05 --out runs/sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
@@ -42,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, metavar="DIR",
                         help="folder for report.html and report.md (default: the run folder when one run is given, "
                              "else reports/report_<time>)")
+
+    sweep = sub.add_parser("sweep", help="choose hyper-parameters task by task on validation data (never test)")
+    sweep.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
+                       help="the config and fixed overrides, as for `ltcil run`")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="values to try for one key (repeat for more keys; the grid is their product)")
+    sweep.add_argument("--random", type=int, default=0, metavar="N", help="try N random points of the grid")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder (candidates' runs and sweep.json)")
+    sweep.add_argument("--force", action="store_true", help="overwrite an existing sweep folder")
     return parser
 
 
@@ -109,9 +120,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .engine.runner import prepare_run_dir
+    from .sweep import parse_grid, run_sweep, sweep_table
+
+    if not args.grid:
+        raise LtcilError("ltcil sweep: give at least one --grid key=v1,v2.")
+    config, overrides = _split_items(args.items)
+    grid = parse_grid(args.grid)
+    prepare_run_dir(args.out, args.force)
+    record = run_sweep(config if config is not None else QUICKSTART, overrides, grid, args.out, args.random,
+                       args.seed)
+    print()
+    print(sweep_table(record))
+    print(f"\nsweep folder: {args.out}  (sweep.json, task<N>/candidate<K>/ runs)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report}[args.command]
+    handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
+               "sweep": cmd_sweep}[args.command]
     try:
         return handler(args)
     except LtcilError as exc:

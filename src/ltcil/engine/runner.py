@@ -147,7 +147,8 @@ class Experiment:
             events.close()
         return results
 
-    def _run_task(self, task, trainer: Trainer, events: EventLog) -> None:
+    def _run_task(self, task, trainer: Trainer, events: EventLog, evaluate: bool = True) -> None:
+        """Train one task and checkpoint it; `evaluate=False` (sweep trials) never touches the test split."""
         cfg, t = self.cfg, task.index
         seed_task(cfg.seed, t)
         ctx = TaskContext(cfg, self.scenario, self.data, trainer, self.device,
@@ -185,11 +186,15 @@ class Experiment:
         self.method.end_task(task, ctx)
         timing["end"] = time.perf_counter() - t0
 
+        self.timing.append(timing)
+        if not evaluate:
+            save_checkpoint(self.run_dir, t, self._state(t))
+            self.next_task = t + 1
+            return
         t0 = time.perf_counter()
         step = evaluate_step(self.method, self.data, self.scenario, t, cfg.eval)
         timing["eval"] = time.perf_counter() - t0
         self.steps.append(step)
-        self.timing.append(timing)
 
         head = step["classifiers"][self.method.headline]
         events.write({"event": "task", "task": t, "classes": task.original_classes, "top1": head["top1"],
@@ -201,6 +206,19 @@ class Experiment:
         if self.progress:
             self.log(f"task {t + 1}/{len(self.scenario.tasks)}: top-1 {head['top1']:.2f} on "
                      f"{step['seen_classes']} classes ({timing['train']:.1f}s train)")
+
+    def train_task(self, task_index: int) -> None:
+        """Train task `task_index` (the next one) without evaluating on the test split, and checkpoint it."""
+        if task_index != self.next_task:
+            raise LtcilError(f"{self.run_dir}: task {task_index + 1} cannot run before task {self.next_task + 1}.")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        events = EventLog(self.run_dir / "events.jsonl")
+        try:
+            trainer = Trainer(self.data, self.device, events, progress=False, amp=self.cfg.train.amp)
+            self._run_task(self.scenario.tasks[task_index], trainer, events, evaluate=False)
+        finally:
+            events.close()
 
 
 def prepare_run_dir(run_dir: Path, force: bool) -> None:

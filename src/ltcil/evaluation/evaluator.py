@@ -55,3 +55,16 @@ def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str 
             entry[group] = metrics.group_accuracy(pred, target, mask)
         step["classifiers"][name] = entry
     return step
+
+
+def validation_accuracy(method, data, scenario, task_index: int, batch_size: int) -> float:
+    """Top-1 of the headline classifier on the validation images of every class seen after `task_index`
+    (held out from training data; the test split is not read). Raises when the scenario has none."""
+    indices = np.concatenate([t.val_indices for t in scenario.tasks[: task_index + 1]])
+    if len(indices) == 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("selection needs validation images: set scenario.val_fraction (e.g. 0.1) or "
+                          "scenario.val_per_class, or use a dataset with its own validation split.")
+    out = predict_all(method, data, scenario.val_pool, indices, batch_size)
+    return metrics.accuracy(out[method.headline].argmax(1), out["target"])

@@ -1,0 +1,125 @@
+"""Hyper-parameter sweeps that never touch the test set (`ltcil sweep`).
+
+Continual protocol: values are chosen task by task with only what exists at that task. For task t every
+candidate continues from the model chosen at task t - 1, trains task t, and is scored on the validation
+images (held out from training data) of the classes seen so far; the best becomes the starting point of
+task t + 1. Selection never reads the test split. Once every task is chosen, the chosen model of each
+task is evaluated on the test split once, for the report (sweep.json and the printed table).
+
+Candidates are the grid's full product, or `random` of them drawn with `seed` (random search).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import shutil
+from pathlib import Path
+
+from .config import Config, load_config
+from .engine.runner import Experiment
+from .errors import ConfigError
+from .evaluation.evaluator import evaluate_step, validation_accuracy
+from .reporting.results import build_results, write_json
+
+
+def split_values(text: str) -> list[str]:
+    """'0.1,0.01' -> ['0.1', '0.01']; commas inside [...] stay (milestones=[10,20],[20,40])."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    values.append(current)
+    return [v.strip() for v in values if v.strip()]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not split_values(values):
+            raise ConfigError(f"--grid {item!r}: expected key=v1,v2,... (e.g. train.lr=0.1,0.01).")
+        if key in grid:
+            raise ConfigError(f"--grid: {key} is given twice.")
+        grid[key] = split_values(values)
+    return grid
+
+
+def candidates(grid: dict[str, list[str]], random_count: int = 0, seed: int = 0) -> list[dict[str, str]]:
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if random_count and random_count < len(combos):
+        combos = random.Random(seed).sample(combos, random_count)
+    return combos
+
+
+def _overrides(values: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str]], out: Path,
+              random_count: int = 0, seed: int = 0, log=print) -> dict:
+    out = Path(out)
+    combos = candidates(grid, random_count, seed)
+    configs: list[Config] = [load_config(config, [*overrides, "train.progress=false", *_overrides(c)])
+                             for c in combos]  # every candidate validated before anything trains
+    num_tasks = None
+    chosen_dirs: list[Path] = []
+    record: dict = {"grid": grid, "protocol": "per task, on validation images of the classes seen so far",
+                    "candidates": combos, "tasks": []}
+    for t in itertools.count():
+        trials = []
+        for k, cfg in enumerate(configs):
+            trial_dir = out / f"task{t + 1}" / f"candidate{k + 1}"
+            if trial_dir.exists():
+                shutil.rmtree(trial_dir)
+            trial_dir.mkdir(parents=True)
+            if t > 0:
+                shutil.copytree(chosen_dirs[-1] / "checkpoints", trial_dir / "checkpoints")
+            exp = Experiment(cfg, trial_dir, progress=False, log=lambda *_: None)
+            num_tasks = len(exp.scenario.tasks)
+            if t > 0 and not exp.restore():
+                raise ConfigError(f"{trial_dir}: the chosen checkpoint of task {t} did not load.")
+            exp.train_task(t)
+            score = validation_accuracy(exp.method, exp.data, exp.scenario, t, cfg.eval.batch_size)
+            trials.append({"candidate": k + 1, "values": combos[k], "validation_accuracy": score})
+            log(f"task {t + 1}/{num_tasks} candidate {k + 1}/{len(configs)} {combos[k]}: validation {score:.2f}")
+        best = max(range(len(trials)), key=lambda i: trials[i]["validation_accuracy"])  # ties: the first
+        chosen_dirs.append(out / f"task{t + 1}" / f"candidate{best + 1}")
+        record["tasks"].append({"task": t, "trials": trials, "chosen": trials[best]})
+        if t + 1 == num_tasks:
+            break
+    # Reporting only: the chosen model of each task, evaluated once on the test split.
+    steps, last = [], None
+    for t, run_dir in enumerate(chosen_dirs):
+        cfg = configs[record["tasks"][t]["chosen"]["candidate"] - 1]
+        last = Experiment(cfg, run_dir, progress=False, log=lambda *_: None)
+        last.restore()
+        steps.append(evaluate_step(last.method, last.data, last.scenario, t, cfg.eval))
+    results = build_results(steps, last.scenario, last.cfg.to_dict(), last.method.headline,
+                            last.scenario.is_imbalanced, {})
+    record["test"] = {k: results[k] for k in ("accuracy", "average_incremental_accuracy", "last_accuracy",
+                                              "forgetting")}
+    write_json(out / "sweep.json", record)
+    return record
+
+
+def sweep_table(record: dict) -> str:
+    lines = [f"{'task':>4s}  {'chosen':40s} {'val':>6s}  candidates (validation top-1)"]
+    for entry in record["tasks"]:
+        chosen = entry["chosen"]
+        others = " ".join(f"{t['validation_accuracy']:.1f}" for t in entry["trials"])
+        lines.append(f"{entry['task'] + 1:4d}  {json.dumps(chosen['values'])[:40]:40s} "
+                     f"{chosen['validation_accuracy']:6.2f}  {others}")
+    test = record["test"]
+    lines.append("")
+    lines.append("test top-1 of the chosen models (reported, never used to choose): "
+                 + " ".join(f"{a:.2f}" for a in test["accuracy"]))
+    lines.append(f"average incremental accuracy: {test['average_incremental_accuracy']:.2f}   "
+                 f"last: {test['last_accuracy']:.2f}")
+    return "\n".join(lines)
