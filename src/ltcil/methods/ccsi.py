@@ -230,7 +230,7 @@ class CCSI(TeacherMethod):
             if old_rows.any():
                 losses["margin"] = margin_ranking(cos[old_rows], y[old_rows], self.old_classes, o.margin, o.top_k)
                 loss = loss + o.margin_weight * losses["margin"]
-        if o.idc > 0:
+        if o.idc > 0 and self.teacher is not None:  # the first task trains on weighted CE only (release)
             losses["idc"] = self._idc_loss(cos, y)
             loss = loss + o.idc * losses["idc"]
         losses["loss"] = loss
