@@ -136,8 +136,8 @@ _NON_NEGATIVE = {
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot",
 }
-_POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma", "data.num_classes",
-             "data.images_per_class"}
+_POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
+             "data.num_classes", "data.images_per_class"}
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
