@@ -19,7 +19,7 @@ from ltcil.heads.cosine import CosineLinear
 from ltcil.impressions import ImpressionConfig, learning_rate, synthesize
 from ltcil.layers.continual_norm import ContinualNorm, convert_norm
 from ltcil.methods.base import IncrementalNet
-from ltcil.methods.ccsi import CCSI, class_centroids, idc_loss, margin_ranking
+from ltcil.methods.ccsi import CCSI, class_centroids, class_weights, idc_loss, margin_ranking
 from ltcil.reporting.png import image_grid, write_png
 
 CCSI_TINY = ["method.name=ccsi", "memory.size=0", "scenario.val_fraction=0.2", "method.synth_per_class=6",
@@ -147,6 +147,18 @@ def test_margin_ranking_and_idc_by_hand():
     sim = (t @ source.T / 0.5).numpy()
     expected = -np.log((np.exp(sim[0, 0]) + np.exp(sim[1, 1])) / np.exp(sim).sum())
     assert idc_loss(source, target, 0.5).item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_class_weights_from_counts_or_from_batch_shares():
+    real = torch.tensor([0.0, 0.0, 450.0, 150.0])  # classes 0, 1 old (impressions only), 2, 3 new
+    fake = torch.tensor([10.0, 30.0, 0.0, 0.0])
+    # release: max n / n_c over the counts -> 45, 15, 1, 3
+    torch.testing.assert_close(class_weights(real, fake, 0.66, "dataset"), torch.tensor([45.0, 15.0, 1.0, 3.0]))
+    # batch shares: .66 * (.25, .75) and .34 * (.75, .25) -> .165, .495, .255, .085
+    shares = torch.tensor([0.165, 0.495, 0.255, 0.085])
+    torch.testing.assert_close(class_weights(real, fake, 0.66, "batch"), shares.max() / shares)
+    first_task = class_weights(torch.tensor([100.0, 50.0]), torch.zeros(2), 0.66, "batch")
+    torch.testing.assert_close(first_task, torch.tensor([1.0, 2.0]))  # no impressions: the counts decide
 
 
 def test_ccsi_refuses_a_memory_and_idc_without_validation_images(tmp_path):

@@ -51,7 +51,11 @@ class CCSIOptions:
     idc: float = 1.0  # da_coef: weight of the intra-domain contrastive loss (0: off)
     idc_momentum: float = 0.9  # ro: share of the current batch in the centroid EMA
     idc_temperature: float = 1.0  # temprature
-    class_weights: bool = True  # CE weighted by max n / n_c (compute_class_weights)
+    # CE class weights max_c f_c / f_c: "dataset" (release's compute_class_weights): f = images per class among
+    # real images + impressions; "batch": f = each class's expected share of a batch after the ratio sampling
+    # (the release's weights compensate twice when impressions are few: 10 per class vs 450 real gives 45x);
+    # "none": plain CE.
+    class_weights: str = "dataset"
     imprint: bool = True  # new classifier rows from the new classes' mean normalised features
     # synthesis (impressions.py)
     synth_per_class: int = 250  # impressions per old class (seed: 640-1,400 images over 2-6 old classes)
@@ -88,6 +92,8 @@ class CCSI(TeacherMethod):
         for key in ("synth_per_class", "synth_batch_size", "synth_iterations"):
             if getattr(options, key) < 1:
                 raise ConfigError(f"method.{key}: {getattr(options, key)!r} must be >= 1.")
+        if options.class_weights not in ("dataset", "batch", "none"):
+            raise ConfigError(f"method.class_weights: {options.class_weights!r} is not one of dataset, batch, none.")
         if options.top_k < 1:
             raise ConfigError(f"method.top_k: {options.top_k!r} must be >= 1.")
 
@@ -186,12 +192,13 @@ class CCSI(TeacherMethod):
         self._centroids = None  # IdC centroids restart every epoch (released code)
 
     def _class_weights(self):
-        """CE weights max_c n_c / n_c over the real images and impressions this task trains on."""
+        """CE weights max_c f_c / f_c, f_c the frequency of class c (see CCSIOptions.class_weights)."""
         if self._weights is None:
-            counts = self.train_counts[: self.model.num_classes].to(self.device).clone()
+            real = self.train_counts[: self.model.num_classes].to(self.device).float()
+            fake = torch.zeros_like(real)
             if self.synthetic is not None:
-                counts += torch.bincount(self.synthetic[1], minlength=len(counts)).float()
-            self._weights = counts.max() / counts.clamp_min(1)
+                fake = torch.bincount(self.synthetic[1], minlength=len(real)).float()
+            self._weights = class_weights(real, fake, self.options.ratio, self.options.class_weights)
         return self._weights
 
     def _synthetic_batch(self, real: int):
@@ -215,7 +222,7 @@ class CCSI(TeacherMethod):
         feats = self.model.forward_features(x)
         head = self.model.head
         cos = head.cosines(feats)
-        weights = self._class_weights() if o.class_weights else None
+        weights = self._class_weights() if o.class_weights != "none" else None
         ce = F.cross_entropy(head.sigma * cos, y, weight=weights)
         losses = {"ce": ce}
         loss = ce
@@ -266,6 +273,16 @@ class CCSI(TeacherMethod):
 
     def results_extra(self):
         return {"synthesis": self.synthesis_log}
+
+
+def class_weights(real: torch.Tensor, fake: torch.Tensor, ratio: float, kind: str) -> torch.Tensor:
+    """max_c f_c / f_c per class from real-image and impression counts: f = counts ("dataset"), or each class's
+    expected batch share when a share `ratio` of every batch is impressions ("batch")."""
+    if kind == "batch" and fake.sum() > 0:
+        freq = (1 - ratio) * real / real.sum().clamp_min(1) + ratio * fake / fake.sum()
+    else:
+        freq = real + fake
+    return freq.max() / freq.clamp_min(freq[freq > 0].min())
 
 
 def class_centroids(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
