@@ -147,7 +147,7 @@ class CCSI(TeacherMethod):
 
     def synthesize_old_classes(self, task, ctx):
         o, data = self.options, ctx.data
-        cpu_gen, dev_gen = ctx.gens
+        cpu_gen = ctx.gens[0]
         old = self.old_classes
         labels = torch.arange(old, device=self.device).repeat_interleave(o.synth_per_class)
         labels = labels[torch.randperm(len(labels), generator=cpu_gen).to(self.device)]  # classes mixed per batch
@@ -245,7 +245,8 @@ class CCSI(TeacherMethod):
 
     def _idc_loss(self, cos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Intra-domain contrastive loss between training-batch class centroids (source) and pseudo-labelled
-        unlabelled real images (target), both EMAs over the epoch."""
+        unlabelled real images (target), both EMAs over the epoch. As in the release, the unlabelled batch goes
+        through the model in training mode and its gradient counts."""
         head, o = self.model.head, self.options
         target_cos = head.cosines(self.model.forward_features(self._val_batch(len(y))))
         source = class_centroids(cos, y, head.num_classes)
