@@ -147,3 +147,14 @@ def test_init_is_deterministic_under_the_global_seed():
     a, b = build("resnet20"), build("resnet20")
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_groupnorm_backbone_has_no_batch_statistics():
+    # backbone.norm=gn: an image's features do not depend on the rest of its batch, in training mode too
+    net = build_backbone(BackboneConfig(name="resnet20", norm="gn", norm_groups=4), 3, 32).train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    x = torch.randn(6, 3, 32, 32)
+    torch.testing.assert_close(net(x)[:2], net(x[:2]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="not one of bn, cn, gn"):
+        build_backbone(BackboneConfig(name="resnet20", norm="ln"), 3, 32)

@@ -6,19 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import METHOD_OVERRIDES, run_tiny, tiny_config
 
-from helpers import run_tiny, tiny_config
 from ltcil import registry
 from ltcil.engine.runner import Experiment
 from ltcil.heads.bias import TaskBiasCorrection
 from ltcil.losses.distillation import kd_loss
-
-METHOD_OVERRIDES = {
-    "bic": ["method.bias_epochs=2"],
-    "ccsi": ["memory.size=0", "scenario.val_fraction=0.2", "method.synth_per_class=4", "method.synth_batch_size=4",
-             "method.synth_iterations=3", "method.synth_warmup=1", "method.synth_jitter=1"],
-    "sbcl": ["method.linear_epochs=3", "method.warmup_epochs=0", "method.recluster_every=1", "method.delta=4"],
-}
 
 
 @pytest.mark.parametrize("name", registry.available("method"))

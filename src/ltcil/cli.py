@@ -64,12 +64,15 @@ def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_run(args) -> int:
     from .config import load_config
+    from .engine import distributed
     from .engine.runner import Experiment, default_run_dir, prepare_run_dir
 
     config, overrides = _split_items(args.items)
     cfg = load_config(config if config is not None else QUICKSTART, overrides)
-    run_dir = args.out or default_run_dir(cfg)
-    prepare_run_dir(run_dir, args.force)
+    world, _ = distributed.setup(cfg.device)  # under torchrun: join the process group
+    run_dir = distributed.broadcast_object(args.out or default_run_dir(cfg))  # rank 0's clock names the folder
+    prepare_run_dir(run_dir, args.force, remove=world.is_main)
+    distributed.barrier()
     experiment = Experiment(cfg, run_dir, progress=False if args.quiet else None)
     return _finish(experiment)
 
@@ -92,6 +95,8 @@ def _finish(experiment) -> int:
     from .reporting.summary import summary_table
 
     results = experiment.run()
+    if not experiment.world.is_main:
+        return 0
     print()
     print(summary_table(results))
     print(f"\nrun folder: {experiment.run_dir}  (config.yaml, events.jsonl, results.json, checkpoints/)")
@@ -121,11 +126,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .engine.distributed import launched_by_torchrun
     from .engine.runner import prepare_run_dir
     from .sweep import parse_grid, run_sweep, sweep_table
 
     if not args.grid:
         raise LtcilError("ltcil sweep: give at least one --grid key=v1,v2.")
+    if launched_by_torchrun():
+        raise LtcilError("ltcil sweep runs its candidates one after another in one process; start it without "
+                         "torchrun (each candidate is a short run).")
     config, overrides = _split_items(args.items)
     grid = parse_grid(args.grid)
     prepare_run_dir(args.out, args.force)
@@ -138,11 +147,15 @@ def cmd_sweep(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .engine import distributed
+
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
                "sweep": cmd_sweep}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        distributed.teardown()
+        return code
     except LtcilError as exc:
         if args.debug:
             raise

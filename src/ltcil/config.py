@@ -53,8 +53,8 @@ class ScenarioConfig:
 class BackboneConfig:
     name: str = "resnet32"
     block: str = "basic"  # resnet_cifar: basic | bottleneck
-    norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN)
-    norm_groups: int = 4  # cn: groups of the GroupNorm (CCSI's gn_size default)
+    norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN) | gn
+    norm_groups: int = 4  # cn / gn: groups of the GroupNorm (CCSI's gn_size default)
 
 
 @dataclass
@@ -126,7 +126,7 @@ _CHOICES = {
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
     "backbone.block": ("basic", "bottleneck"),
-    "backbone.norm": ("bn", "cn"),
+    "backbone.norm": ("bn", "cn", "gn"),
 }
 
 _NON_NEGATIVE = {

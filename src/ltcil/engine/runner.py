@@ -23,6 +23,7 @@ from ..methods.base import IncrementalNet, train_class_counts
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
 from ..scenarios import build_scenario
+from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .context import TaskContext
 from .seed import generators, seed_task, task_seed
@@ -38,8 +39,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_threads(threads: int) -> int:
-    """Use the cores this process may run on (not the host's count inside a container)."""
-    n = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """Use the cores this process may run on (not the host's count inside a container), shared between the
+    processes torchrun started on this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = threads or distributed.cpu_threads_per_rank(cores)
     torch.set_num_threads(n)
     return n
 
@@ -71,9 +74,10 @@ class Experiment:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.log = log
-        self.progress = cfg.train.progress if progress is None else progress
+        self.world, device_name = distributed.setup(cfg.device)  # a world of one outside torchrun
+        self.progress = (cfg.train.progress if progress is None else progress) and self.world.is_main
         self.threads = set_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(device_name)
 
         t0 = time.perf_counter()
         self.dataset = registry.get("dataset", cfg.data.name, key="data.name")(cfg.data)
@@ -114,11 +118,14 @@ class Experiment:
         self.steps = state["steps"]
         self.timing = state["timing"]
         self.next_task = state["task"] + 1
-        self.log(f"resuming {self.run_dir} after task {self.next_task} of {len(self.scenario.tasks)} ({path.name})")
+        if self.world.is_main:
+            self.log(f"resuming {self.run_dir} after task {self.next_task} of {len(self.scenario.tasks)} "
+                     f"({path.name})")
         return True
 
     def results(self) -> dict:
-        extra = {"timing": self.timing, "device": str(self.device), "threads": self.threads}
+        extra = {"timing": self.timing, "device": str(self.device), "threads": self.threads,
+                 "processes": self.world.size}
         extra.update(self.method.results_extra())
         return build_results(
             self.steps, self.scenario, self.cfg.to_dict(), self.method.headline, self.scenario.is_imbalanced, extra
@@ -126,19 +133,25 @@ class Experiment:
 
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-        events = EventLog(self.run_dir / "events.jsonl")
+        """Run the remaining tasks; returns results (under torchrun: on rank 0, the other ranks get {})."""
+        main = self.world.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        events = EventLog(self.run_dir / "events.jsonl" if main else None)
         trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp)
         tasks = self.scenario.tasks
         if self.next_task == 0:
             events.write({"event": "start", "num_tasks": len(tasks), "load_seconds": self.load_seconds,
-                          **self.scenario.to_dict(), "device": str(self.device), "threads": self.threads})
+                          **self.scenario.to_dict(), "device": str(self.device), "threads": self.threads,
+                          "processes": self.world.size})
         else:  # epochs logged after the last checkpoint belong to an interrupted task that now runs again
             events.write({"event": "resume", "next_task": self.next_task})
         try:
             for task in tasks[self.next_task:]:
                 self._run_task(task, trainer, events)
+            if not main:
+                return {}
             results = self.results()
             write_json(self.run_dir / "results.json", results)
             events.write({"event": "end", "average_incremental_accuracy": results["average_incremental_accuracy"],
@@ -184,9 +197,13 @@ class Experiment:
 
         t0 = time.perf_counter()
         self.method.end_task(task, ctx)
+        self._share_method_state()
         timing["end"] = time.perf_counter() - t0
 
         self.timing.append(timing)
+        if not self.world.is_main:  # rank 0 alone evaluates and checkpoints; the others go on to the next task
+            self.next_task = t + 1
+            return
         if not evaluate:
             save_checkpoint(self.run_dir, t, self._state(t))
             self.next_task = t + 1
@@ -207,6 +224,16 @@ class Experiment:
             self.log(f"task {t + 1}/{len(self.scenario.tasks)}: top-1 {head['top1']:.2f} on "
                      f"{step['seen_classes']} classes ({timing['train']:.1f}s train)")
 
+    def _share_method_state(self) -> None:
+        """Under torchrun: every rank continues from rank 0's method state (model, memory, calibration), so
+        work done on every rank outside the training loop can never leave the ranks apart."""
+        if not self.world.enabled:
+            return
+        state = distributed.broadcast_object(distributed.to_cpu(self.method.state_dict()) if self.world.is_main
+                                             else None)
+        if not self.world.is_main:
+            self.method.load_state_dict(state)
+
     def train_task(self, task_index: int) -> None:
         """Train task `task_index` (the next one) without evaluating on the test split, and checkpoint it."""
         if task_index != self.next_task:
@@ -221,8 +248,8 @@ class Experiment:
             events.close()
 
 
-def prepare_run_dir(run_dir: Path, force: bool) -> None:
-    """Never overwrite an existing run silently."""
+def prepare_run_dir(run_dir: Path, force: bool, remove: bool = True) -> None:
+    """Never overwrite an existing run silently. `remove=False` checks only (torchrun ranks other than 0)."""
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
@@ -230,9 +257,10 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
                 f"output folder {run_dir} already holds a run. Use `ltcil resume {run_dir}` to continue it, "
                 "--force to overwrite it, or choose another --out."
             )
-        import shutil
+        if remove:
+            import shutil
 
-        shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir)
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -16,6 +16,7 @@ import torch
 from ..data.augment import AugmentSpec
 from ..data.sampling import epoch_order
 from ..errors import LtcilError
+from . import distributed
 from .optim import build_optimizer, lr_factor, set_lr
 
 
@@ -60,14 +61,17 @@ class Trainer:
         in train mode each epoch; `on_epoch(epoch, epochs)` runs before each epoch (e.g. DRW's re-weighting).
         `augment_spec` replaces the stage's augmentation; with `views` > 1 the step gets that many independently
         augmented copies of the batch, concatenated (2N images for N labels: contrastive learning);
-        `with_indices` passes the batch's indices into the split as a third argument."""
+        `with_indices` passes the batch's indices into the split as a third argument.
+        Under torchrun each rank steps on its shard of every batch and gradients are averaged (distributed.py)."""
         cpu_gen, dev_gen = gens
+        world = distributed.world()
         sampler = getattr(stage, "sampler", "instance")
         labels = None
         if sampler != "instance":
             where = torch.as_tensor(indices, dtype=torch.long).to(self.device)
             labels = self.data.labels[split][where].cpu().numpy()
         optimizer = build_optimizer(params, stage, lr, self.device)
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
         spec = (augment_spec or AugmentSpec.from_train_config(stage)) if augment else None
         history = []
         bar = None
@@ -88,21 +92,33 @@ class Trainer:
             first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
             order = epoch_order(sampler, indices, labels, cpu_gen)
             for idx in self.data.index_batches(order, stage.batch_size, shuffle=False, training=True):
+                if world.enabled and len(idx) < 2 * world.size:
+                    continue  # a trailing batch too small to give every rank two images (BatchNorm)
+                # the whole batch is augmented on every rank (same generator), so each shard sees exactly the
+                # images a single process would
                 x, y = self.data.batch(split, idx, spec, dev_gen)
                 if views > 1:
                     x = torch.cat([x] + [self.data.batch(split, idx, spec, dev_gen)[0] for _ in range(views - 1)])
+                batch_images, weight = len(idx), 1.0
+                if world.enabled:
+                    weight = distributed.shard_weight(len(idx))
+                    x, y, idx = distributed.shard(x, views), distributed.shard(y), distributed.shard(idx)
                 with self.autocast():
                     losses = step_fn(x, y, idx) if with_indices else step_fn(x, y)
                 bad = ~torch.isfinite(losses["loss"].detach()) & (first_bad < 0)
                 first_bad = torch.where(bad, torch.full_like(first_bad, steps + 1), first_bad)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
+                distributed.average_gradients(trained, weight)
                 optimizer.step()
                 for key, value in losses.items():
-                    value = value.detach().float()
+                    value = value.detach().float() * weight
                     sums[key] = sums[key] + value if key in sums else value
                 steps += 1
-                seen += len(idx)
+                seen += batch_images
+            if world.enabled:  # one exchange per epoch: the logged losses are means over whole batches
+                sums = distributed.sum_named(sums, self.device)
+                distributed.all_reduce_max(first_bad)
             record = {k: float(v) / max(steps, 1) for k, v in sums.items()}
             elapsed = time.perf_counter() - start
             event = {
@@ -125,4 +141,5 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        distributed.average_buffers(modules)
         return history

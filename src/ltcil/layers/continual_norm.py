@@ -33,12 +33,14 @@ class ContinualNorm(nn.Module):
 
 
 def convert_norm(module: nn.Module, kind: str, groups: int = 4, where: str = "backbone.norm") -> nn.Module:
-    """Replace every BatchNorm2d below `module` by ContinualNorm (kind "cn"); "bn" leaves it unchanged.
-    A layer whose channels do not split into `groups` fails naming the layer and the valid group counts."""
+    """Replace every BatchNorm2d below `module` by ContinualNorm (kind "cn") or by GroupNorm (kind "gn": no
+    batch statistics at all, so a result does not depend on how a batch is split across processes); "bn"
+    leaves it unchanged. A layer whose channels do not split into `groups` fails naming the layer and the
+    valid group counts."""
     if kind == "bn":
         return module
-    if kind != "cn":
-        raise ConfigError(f"{where}: {kind!r} is not one of bn, cn.")
+    if kind not in ("cn", "gn"):
+        raise ConfigError(f"{where}: {kind!r} is not one of bn, cn, gn.")
     for name, child in list(module.named_children()):
         if isinstance(child, nn.BatchNorm2d):
             channels = child.num_features
@@ -46,7 +48,9 @@ def convert_norm(module: nn.Module, kind: str, groups: int = 4, where: str = "ba
                 valid = [g for g in range(1, channels + 1) if channels % g == 0]
                 raise ConfigError(f"backbone.norm_groups={groups}: layer {name!r} has {channels} channels, which "
                                   f"do not split into {groups} groups (valid: {valid}).")
-            setattr(module, name, ContinualNorm(channels, groups, child.eps, child.momentum))
+            norm = (ContinualNorm(channels, groups, child.eps, child.momentum) if kind == "cn"
+                    else nn.GroupNorm(groups, channels, child.eps))
+            setattr(module, name, norm)
         else:
             convert_norm(child, kind, groups, where)
     return module

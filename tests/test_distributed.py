@@ -1,0 +1,101 @@
+"""Data-parallel training under torchrun with 2 CPU processes on gloo: every method gives the single-process
+result (exactly where its loss is a per-image mean), the ranks never drift apart, and a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import METHOD_OVERRIDES, TINY, run_tiny
+
+from ltcil import registry
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="this torch build has no gloo backend for torch.distributed")
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+# GroupNorm instead of BatchNorm: no batch statistics, so splitting a batch over ranks changes no number
+NORM = "backbone.norm=gn"
+# methods whose loss couples the images of a batch, so a shard's loss is not a slice of the batch's: SBCL's
+# contrastive pairs, proto_lt's Sample Mix pairs, CCSI's impressions mixed into each shard
+BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi"}
+
+
+def torchrun(*args, **kwargs):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "task_002.pt", weights_only=True)["method"]["model"]
+
+
+def test_two_processes_give_the_single_process_result_for_every_method(tmp_path):
+    runs = {name: [f"method.name={name}", NORM, *METHOD_OVERRIDES.get(name, [])]
+            for name in registry.available("method")}
+    proc = torchrun(str(WORKER), str(tmp_path / "ddp"), json.dumps(runs))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gaps = json.loads((tmp_path / "ddp" / "drift.json").read_text())
+    for name in runs:
+        # before rank 0's state is shared at the end of each task the ranks' parameters already agree
+        assert len(gaps[name]) == 3 and max(gaps[name]) == 0.0, (name, gaps[name])
+        assert len(json.loads((tmp_path / "ddp" / name / "results.json").read_text())["accuracy"]) == 3
+    for name in sorted(set(runs) - BATCH_COUPLED):
+        single = run_tiny(tmp_path / "single" / name, *runs[name])
+        ddp = json.loads((tmp_path / "ddp" / name / "results.json").read_text())
+        assert ddp["accuracy"] == pytest.approx(single["accuracy"], abs=1e-6), name
+        assert ddp["processes"] == 2 and single["processes"] == 1
+        a, b = final_weights(tmp_path / "single" / name), final_weights(tmp_path / "ddp" / name)
+        assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-5, name
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in children] + [d for c in children for d in _descendants(int(c))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finding torchrun's workers needs /proc")
+def test_torchrun_run_killed_mid_task_resumes_and_matches(tmp_path):
+    args = [*TINY, NORM, "method.name=icarl", "train.epochs=4", "data.images_per_class=60"]
+    full = tmp_path / "full"
+    proc = torchrun("-m", "ltcil", "run", "--out", str(full), "--quiet", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = json.loads((full / "results.json").read_text())
+    assert expected["processes"] == 2
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ltcil",
+           "run", "--out", str(killed), "--quiet", *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = killed / "events.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill every process once the second task is under way
+        if events.exists() and any(json.loads(line).get("task") == 1 and json.loads(line)["event"] == "epoch"
+                                   for line in events.read_text().splitlines() if line.strip()):
+            break
+        time.sleep(0.05)
+    for pid in [*_descendants(launcher.pid), launcher.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    launcher.wait()
+    assert (killed / "checkpoints" / "task_000.pt").exists()
+    assert not (killed / "checkpoints" / "task_002.pt").exists(), "the run finished before it was killed"
+
+    resumed = torchrun("-m", "ltcil", "resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = json.loads((killed / "results.json").read_text())
+    for key in ("accuracy", "accuracy_linear", "accuracy_matrix", "forgetting"):
+        assert got[key] == expected[key], key
+    kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+    assert "resume" in kinds
