@@ -102,6 +102,19 @@ class EvalConfig:
 
 
 @dataclass
+class TwoStageConfig:
+    """Liu et al. (ECCV 2022) second stage after every task, for any method with a linear or cosine head."""
+    enabled: bool = False
+    epochs: int = 30  # Liu et al.'s code: 30 epochs per task
+    lr: float = 0.0  # 0: the task's train.lr (their code re-uses the stage-1 lr), cosine to 0
+    scale_lr_factor: float = 0.1  # their code: the weight-scaling layer learns at lr / 10
+    weight_decay: Optional[float] = None  # None: train.weight_decay
+    batch_size: int = 0  # 0: train.batch_size
+    sampler: str = "class_balanced"  # class_balanced | sqrt | instance
+    head: str = "new"  # new: the task's own rows (their LUCIR/PODNet code) | all | none: only the scales
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
@@ -110,6 +123,7 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -127,6 +141,8 @@ _CHOICES = {
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
     "backbone.block": ("basic", "bottleneck"),
     "backbone.norm": ("bn", "cn", "gn"),
+    "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
+    "two_stage.head": ("new", "all", "none"),
 }
 
 _NON_NEGATIVE = {
@@ -134,10 +150,10 @@ _NON_NEGATIVE = {
     "train.initial_batch_size", "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding",
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
-    "eval.many_shot",
+    "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
-             "data.num_classes", "data.images_per_class"}
+             "data.num_classes", "data.images_per_class", "two_stage.epochs"}
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

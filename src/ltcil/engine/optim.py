@@ -8,7 +8,12 @@ import torch
 
 
 def build_optimizer(params, stage, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """`params`: tensors, or param-group dicts whose "lr_scale" multiplies the lr of that group."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
     fused = {"fused": True} if device.type == "cuda" else {}
     if stage.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=stage.momentum, weight_decay=stage.weight_decay, **fused)
@@ -34,4 +39,4 @@ def lr_factor(stage, epoch: int, epochs: int) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -20,6 +20,8 @@ from ..data.loader import DeviceData
 from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
 from ..methods.base import IncrementalNet, train_class_counts
+from ..methods.two_stage import CLASSIFIER as TWO_STAGE
+from ..methods.two_stage import TwoStage, check_method
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
 from ..scenarios import build_scenario
@@ -63,6 +65,10 @@ def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.d
         return IncrementalNet(build_backbone(cfg.backbone, in_channels, image_size))
 
     method = method_cls(new_model(), options, cfg, device)
+    if cfg.two_stage.enabled:  # Liu et al.'s second stage after every task, reported as the headline
+        check_method(method, cfg.method["name"])
+        method.two_stage = TwoStage(cfg)
+        method.headline = TWO_STAGE
     return method, new_model
 
 
@@ -197,6 +203,8 @@ class Experiment:
 
         t0 = time.perf_counter()
         self.method.end_task(task, ctx)
+        if self.method.two_stage is not None:
+            self.method.two_stage.fit(self.method, indices, ctx)
         self._share_method_state()
         timing["end"] = time.perf_counter() - t0
 

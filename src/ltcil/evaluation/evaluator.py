@@ -17,7 +17,7 @@ def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int) 
     targets = []
     for idx in data.index_batches(indices, batch_size, shuffle=False):
         x, y = data.batch(split, idx)
-        for name, logits in method.predict(x).items():
+        for name, logits in method.classify(x).items():
             outputs.setdefault(name, []).append(logits.float().cpu())
         targets.append(y.cpu())
     result = {name: torch.cat(chunks).numpy() for name, chunks in outputs.items()}

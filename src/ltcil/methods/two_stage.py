@@ -1,0 +1,96 @@
+"""The two-stage recipe of long-tailed CIL (Liu et al., "Long-Tailed Class Incremental Learning", ECCV 2022,
+Sec. 4), added to any method whose network ends in a linear or cosine head (`two_stage.enabled: true`).
+
+Stage 1 is the method's own task training. Stage 2, after the method's end of task: the backbone is frozen
+and the classifier is fine-tuned together with a learnable weight-scaling layer (LWS: one scale per class,
+multiplying its logit) on class-balanced batches of what the task trained on (its data plus the memory).
+As in the authors' code: 30 epochs, cosine lr from the stage-1 lr, the scales at a tenth of it, only the
+new task's classifier rows fine-tuned (their LUCIR/PODNet keep old rows fixed), every class's scale trained.
+The fine-tuned rows stay in the network for the next task, as there; the scales only enter predictions.
+The scaled head is reported as the classifier "two_stage" and becomes the headline.
+
+Stage 2 trains on features of the un-augmented images cached once per task (the authors' code feeds
+augmented images through the frozen backbone), so an epoch costs a matrix product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.loader import FeatureData
+from ..engine.trainer import Trainer
+from ..errors import ConfigError
+from ..heads.linear import IncrementalLinear
+
+CLASSIFIER = "two_stage"
+
+
+def check_method(method, method_name: str) -> None:
+    """The stage needs a linear or cosine head, and exemplars: on the new classes' images alone the balanced
+    loss would only push the old classes' scales down."""
+    head = method.model.head
+    if not isinstance(head, IncrementalLinear):
+        raise ConfigError(f"two_stage.enabled: method {method_name!r} classifies with a {type(head).__name__}; the "
+                          "second stage fine-tunes a linear or cosine head (icarl, bic, replay, ldam_drw, "
+                          "balanced_softmax, finetune or joint with a memory).")
+    memory = getattr(method, "memory", None)
+    if memory is None or not memory.enabled:
+        raise ConfigError(f"two_stage.enabled: method {method_name!r} keeps no exemplars here; the second stage "
+                          "balances old and new classes on the task's data plus the memory. Set memory.size or "
+                          "memory.per_class (LwF and CCSI never store exemplars).")
+
+
+class TwoStage:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.scales = None  # (classes,) learned weight scales; None until the first task's stage 2
+
+    def fit(self, method, indices: np.ndarray, ctx) -> None:
+        opts, train = self.cfg.two_stage, self.cfg.train
+        model, head = method.model, method.model.head
+        feats, labels = ctx.features(model, indices)
+        n = model.num_classes
+        scales = torch.ones(n, device=ctx.device)
+        if self.scales is not None:
+            scales[: len(self.scales)] = self.scales.to(ctx.device)  # every class's scale keeps learning
+        scales = nn.Parameter(scales)
+        old = n - ctx.scenario.tasks[ctx.task_index].num_classes
+        fixed = {k: v.detach().clone() for k, v in head.named_parameters()} if opts.head == "new" else {}
+
+        groups = [{"params": [scales], "lr_scale": opts.scale_lr_factor}]
+        if opts.head != "none":
+            groups.insert(0, {"params": list(head.parameters()), "lr_scale": 1.0})
+        stage = dataclasses.replace(
+            train, schedule="cosine", warmup_epochs=0, sampler=opts.sampler,
+            batch_size=opts.batch_size or train.batch_size,
+            weight_decay=train.weight_decay if opts.weight_decay is None else opts.weight_decay,
+        )
+
+        def step(f, y):
+            return {"loss": F.cross_entropy(head(f) * scales, y)}
+
+        trainer = Trainer(FeatureData(feats, labels), ctx.device, ctx.events, progress=False, amp=False)
+        ctx.fit(step, groups, np.arange(len(labels)), stage, epochs=opts.epochs, lr=opts.lr or train.lr,
+                name=CLASSIFIER, augment=False, modules=[head], trainer=trainer)
+        with torch.no_grad():  # old rows as they were (weight decay touched them); a cosine head's sigma learns
+            for name in ("weight", "bias"):
+                if name in fixed and fixed[name] is not None:
+                    getattr(head, name)[:old] = fixed[name][:old]
+        self.scales = scales.detach()
+        ctx.events.write({"event": CLASSIFIER, "task": ctx.task_index, "scales": self.scales.cpu().tolist()})
+
+    @torch.no_grad()
+    def logits(self, model, x: torch.Tensor) -> torch.Tensor:
+        logits = model.head(model.forward_features(x))
+        return logits * self.scales[: logits.shape[1]] if self.scales is not None else logits
+
+    def state_dict(self) -> dict:
+        return {"scales": None if self.scales is None else self.scales.cpu()}
+
+    def load_state_dict(self, state: dict, device) -> None:
+        self.scales = None if state["scales"] is None else state["scales"].to(device)
