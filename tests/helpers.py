@@ -7,6 +7,7 @@ TINY = [
     "data.name=synthetic", "data.num_classes=6", "data.images_per_class=24", "data.image_size=8",
     "scenario.increment=2", "backbone.name=convnet", "train.epochs=1", "train.batch_size=16",
     "train.lr=0.05", "train.progress=false", "memory.size=12", "eval.batch_size=64",
+    "log.report=never",  # the end-of-run report has its own tests; drawing it for every tiny run costs seconds
 ]
 
 # what some methods need beyond TINY to run 3 tasks quickly

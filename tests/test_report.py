@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import run_tiny
 
@@ -140,3 +141,27 @@ def test_missing_matplotlib_says_how_to_install_it(runs, tmp_path, monkeypatch):
     with pytest.raises(LtcilError, match=r'pip install "ltcil\[report\]"'):
         write_report([runs["a"]], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def test_page_renders_in_a_headless_browser(report, tmp_path):
+    # the page as a user sees it: Debian's chromium renders it; the screenshot must show the tables and figures
+    browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless browser (chromium) installed: apt-get install chromium")
+    image_module = pytest.importorskip("PIL.Image")
+    html_path, _ = report
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--screenshot={shot}", "--window-size=1280,4000", html_path.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.exists(), proc.stderr[-2000:]
+    pixels = np.asarray(image_module.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (4000, 1280, 3)
+    ink = (pixels.min(axis=2) < 200).mean()  # text, table rules, plot lines and heatmaps
+    saturated = pixels[pixels.max(axis=2) - pixels.min(axis=2) > 60]  # only the figures are in colour
+    assert ink > 0.03, f"the page looks blank ({ink:.1%} non-white)"
+    assert len(np.unique(saturated, axis=0)) > 200, "no coloured figure was drawn"
+    assert (pixels[:120].min(axis=2) < 60).any(), "no title at the top of the page"

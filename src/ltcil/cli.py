@@ -99,7 +99,8 @@ def _finish(experiment) -> int:
         return 0
     print()
     print(summary_table(results))
-    print(f"\nrun folder: {experiment.run_dir}  (config.yaml, events.jsonl, results.json, checkpoints/)")
+    report = " report.html," if (experiment.run_dir / "report.html").exists() else ""
+    print(f"\nrun folder: {experiment.run_dir}  (config.yaml, events.jsonl, results.json,{report} checkpoints/)")
     return 0
 
 

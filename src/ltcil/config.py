@@ -102,6 +102,14 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False  # scalars to RUN_DIR/tensorboard (needs the tensorboard package)
+    wandb: dict = field(default_factory=dict)  # non-empty: wandb.init(**this), e.g. {project: ltcil, mode: offline}
+    report: str = "auto"  # report.html + report.md in the run folder at the end: auto (when matplotlib is
+    # installed) | always (fail early without it) | never
+
+
+@dataclass
 class TwoStageConfig:
     """Liu et al. (ECCV 2022) second stage after every task, for any method with a linear or cosine head."""
     enabled: bool = False
@@ -124,6 +132,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -143,6 +152,7 @@ _CHOICES = {
     "backbone.norm": ("bn", "cn", "gn"),
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
     "two_stage.head": ("new", "all", "none"),
+    "log.report": ("auto", "always", "never"),
 }
 
 _NON_NEGATIVE = {

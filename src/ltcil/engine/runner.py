@@ -24,6 +24,7 @@ from ..methods.two_stage import CLASSIFIER as TWO_STAGE
 from ..methods.two_stage import TwoStage, check_method
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
+from ..reporting.trackers import check_trackers, open_trackers
 from ..scenarios import build_scenario
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -50,7 +51,11 @@ def set_threads(threads: int) -> int:
 
 
 def check_components(cfg: Config) -> None:
-    """Fail on unknown names and method options before any data is loaded."""
+    """Fail on unknown names, method options and missing optional packages before any data is loaded."""
+    check_trackers(cfg.log)
+    if cfg.log.report == "always" and not report_available():
+        raise ConfigError("log.report=always writes the run's report at the end, which needs matplotlib: "
+                          "pip install matplotlib (or use log.report=auto / never).")
     registry.get("dataset", cfg.data.name, key="data.name")
     registry.get("backbone", cfg.backbone.name, key="backbone.name")
     method_cls = registry.get("method", cfg.method["name"], key="method.name")
@@ -144,7 +149,8 @@ class Experiment:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-        events = EventLog(self.run_dir / "events.jsonl" if main else None)
+        trackers = open_trackers(self.cfg.log, self.run_dir, self.cfg.to_dict()) if main else []
+        events = EventLog(self.run_dir / "events.jsonl" if main else None, trackers)
         trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp)
         tasks = self.scenario.tasks
         if self.next_task == 0:
@@ -164,7 +170,19 @@ class Experiment:
                           "last_accuracy": results["last_accuracy"]})
         finally:
             events.close()
+        self._write_report()
         return results
+
+    def _write_report(self) -> None:
+        """The run's own report.html / report.md (log.report: auto writes it when matplotlib is installed)."""
+        mode = self.cfg.log.report
+        if mode == "never" or (mode == "auto" and not report_available()):
+            return
+        from ..reporting.report import write_report
+
+        html_path, _ = write_report([self.run_dir], self.run_dir)
+        if self.progress:
+            self.log(f"report: {html_path}")
 
     def _run_task(self, task, trainer: Trainer, events: EventLog, evaluate: bool = True) -> None:
         """Train one task and checkpoint it; `evaluate=False` (sweep trials) never touches the test split."""
@@ -254,6 +272,14 @@ class Experiment:
             self._run_task(self.scenario.tasks[task_index], trainer, events, evaluate=False)
         finally:
             events.close()
+
+
+def report_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def prepare_run_dir(run_dir: Path, force: bool, remove: bool = True) -> None:

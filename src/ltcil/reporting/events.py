@@ -8,19 +8,26 @@ from pathlib import Path
 
 
 class EventLog:
-    def __init__(self, path: Path | None):
+    """Appends events to `path` (None: nowhere) and hands each to the `trackers` (TensorBoard, W&B)."""
+
+    def __init__(self, path: Path | None, trackers=()):
         self.path = Path(path) if path is not None else None
         self._fh = open(self.path, "a", buffering=1) if self.path is not None else None
+        self.trackers = list(trackers)
 
     def write(self, event: dict) -> None:
-        if self._fh is None:
-            return
-        self._fh.write(json.dumps({"time": time.time(), **event}, default=_plain) + "\n")
+        if self._fh is not None:
+            self._fh.write(json.dumps({"time": time.time(), **event}, default=_plain) + "\n")
+        for tracker in self.trackers:
+            tracker.write(event)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def _plain(obj):

@@ -165,9 +165,12 @@ def per_class_vs_counts(runs: list[Run]) -> str | None:
             ax.scatter(*zip(*pairs, strict=True), s=18, alpha=0.65, color=_color(i), label=run.name)
     if not ax.collections:
         return None
-    ax.set_xscale("log")
-    ax.set(xlabel="training images of the class (log scale)", ylabel="top-1 accuracy after the last task (%)",
-           ylim=(-2, 102))
+    low, high = ax.dataLim.x0, ax.dataLim.x1
+    wide = high >= 10 * low  # a long tail: log scale; a narrow range (balanced data) reads better linear
+    if wide:
+        ax.set_xscale("log")
+    ax.set(xlabel="training images of the class" + (" (log scale)" if wide else ""),
+           ylabel="top-1 accuracy after the last task (%)", ylim=(-2, 102))
     ax.grid(alpha=0.3, which="both")
     _legend(ax)
     return to_uri(fig)
