@@ -2,6 +2,8 @@
 choice is made, to report the chosen models."""
 
 import json
+import sys
+import types
 
 import pytest
 from helpers import TINY
@@ -65,3 +67,63 @@ def test_sweep_cli_needs_validation_images_and_a_grid(tmp_path, capsys):
     assert "--grid" in capsys.readouterr().err
     assert main(["sweep", *tiny, "--grid", "train.lr=0.05,0.01", "--out", str(tmp_path / "b")]) == 2
     assert "val_fraction" in capsys.readouterr().err
+
+
+class FakeTrial:
+    def __init__(self, pick):
+        self.pick = pick
+
+    def suggest_categorical(self, key, options):
+        return options[self.pick % len(options)]
+
+
+class FakeStudy:
+    """Proposes grid indices 0, 1, 0 (a repeat) and records what it was told."""
+
+    def __init__(self):
+        self.told, self.asked = [], 0
+
+    def ask(self):
+        self.asked += 1
+        return FakeTrial([0, 1, 0][self.asked - 1])
+
+    def tell(self, trial, value):
+        self.told.append(value)
+
+
+def fake_optuna(studies, seeds):
+    def create_study(direction, sampler):
+        assert direction == "maximize"
+        studies.append(FakeStudy())
+        return studies[-1]
+
+    def tpe(seed):
+        seeds.append(seed)
+        return object()
+
+    logging = types.SimpleNamespace(WARNING=30, set_verbosity=lambda level: None)
+    return types.SimpleNamespace(create_study=create_study, logging=logging,
+                                 samplers=types.SimpleNamespace(TPESampler=tpe))
+
+
+def test_optuna_proposals_are_scored_on_validation_and_repeats_not_retrained(tmp_path, monkeypatch):
+    studies, seeds = [], []
+    monkeypatch.setitem(sys.modules, "optuna", fake_optuna(studies, seeds))
+    overrides = [o for o in TINY if not o.startswith("train.progress")] + ["scenario.val_fraction=0.25"]
+    record = run_sweep(None, overrides, parse_grid(["train.lr=0.05,0.0001"]), tmp_path, seed=7,
+                       log=lambda *_: None, optuna_trials=3)
+    assert seeds == [7, 8, 9]  # a fresh study per task
+    assert record["search"].startswith("optuna")
+    for entry, study in zip(record["tasks"], studies):
+        assert [t["values"]["train.lr"] for t in entry["trials"]] == ["0.05", "0.0001"]  # the repeat: no run
+        assert not (tmp_path / f"task{entry['task'] + 1}" / "candidate3").exists()
+        scores = [t["validation_accuracy"] for t in entry["trials"]]
+        assert study.told == [scores[0], scores[1], scores[0]]
+        assert entry["chosen"]["validation_accuracy"] == max(scores)
+
+
+def test_optuna_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    tiny = [o for o in TINY if not o.startswith("train.progress")] + ["scenario.val_fraction=0.25"]
+    with pytest.raises(ConfigError, match="pip install optuna"):
+        run_sweep(None, tiny, parse_grid(["train.lr=0.05,0.01"]), tmp_path, optuna_trials=2, log=lambda *_: None)

@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="values to try for one key (repeat for more keys; the grid is their product)")
     sweep.add_argument("--random", type=int, default=0, metavar="N", help="try N random points of the grid")
-    sweep.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    sweep.add_argument("--optuna", type=int, default=0, metavar="N",
+                       help="N proposals per task from Optuna's TPE sampler over the grid (pip install optuna)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of the random search / the sampler")
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder (candidates' runs and sweep.json)")
     sweep.add_argument("--force", action="store_true", help="overwrite an existing sweep folder")
     return parser
@@ -139,8 +141,10 @@ def cmd_sweep(args) -> int:
     config, overrides = _split_items(args.items)
     grid = parse_grid(args.grid)
     prepare_run_dir(args.out, args.force)
+    if args.random and args.optuna:
+        raise LtcilError("ltcil sweep: choose --random or --optuna, not both.")
     record = run_sweep(config if config is not None else QUICKSTART, overrides, grid, args.out, args.random,
-                       args.seed)
+                       args.seed, optuna_trials=args.optuna)
     print()
     print(sweep_table(record))
     print(f"\nsweep folder: {args.out}  (sweep.json, task<N>/candidate<K>/ runs)")

@@ -6,7 +6,10 @@ images (held out from training data) of the classes seen so far; the best become
 task t + 1. Selection never reads the test split. Once every task is chosen, the chosen model of each
 task is evaluated on the test split once, for the report (sweep.json and the printed table).
 
-Candidates are the grid's full product, or `random` of them drawn with `seed` (random search).
+Candidates are the grid's full product, `random` of them drawn with `seed` (random search), or, with the
+optional Optuna backend, `optuna_trials` proposals per task from a TPE sampler over the grid's values (each
+task's study starts afresh: what scored well at one task is not assumed to at the next). A proposal already
+scored at this task is not trained again.
 """
 
 from __future__ import annotations
@@ -62,42 +65,78 @@ def _overrides(values: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def _key(values: dict[str, str]) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
+def optuna_search(grid: dict[str, list[str]], trials: int, seed: int, evaluate) -> None:
+    """Let Optuna's TPE sampler propose `trials` points of the grid; `evaluate(values)` returns their score."""
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("ltcil sweep --optuna needs the optuna package: pip install optuna (or use the grid or "
+                          "--random).") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    for _ in range(trials):
+        trial = study.ask()
+        values = {key: trial.suggest_categorical(key, options) for key, options in grid.items()}
+        study.tell(trial, evaluate(values))
+
+
 def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str]], out: Path,
-              random_count: int = 0, seed: int = 0, log=print) -> dict:
+              random_count: int = 0, seed: int = 0, log=print, optuna_trials: int = 0) -> dict:
     out = Path(out)
-    combos = candidates(grid, random_count, seed)
-    configs: list[Config] = [load_config(config, [*overrides, "train.progress=false", *_overrides(c)])
-                             for c in combos]  # every candidate validated before anything trains
+    combos = candidates(grid, 0 if optuna_trials else random_count, seed)
+    configs: dict[str, Config] = {_key(c): load_config(config, [*overrides, "train.progress=false", *_overrides(c)])
+                                  for c in combos}  # every candidate validated before anything trains
     num_tasks = None
-    chosen_dirs: list[Path] = []
-    record: dict = {"grid": grid, "protocol": "per task, on validation images of the classes seen so far",
+    chosen: list[tuple[Path, Config]] = []
+    search = f"optuna TPE, {optuna_trials} trials per task" if optuna_trials else (
+        f"random, {len(combos)} of the grid" if random_count else "grid")
+    record: dict = {"grid": grid, "search": search,
+                    "protocol": "per task, on validation images of the classes seen so far",
                     "candidates": combos, "tasks": []}
     for t in itertools.count():
-        trials = []
-        for k, cfg in enumerate(configs):
-            trial_dir = out / f"task{t + 1}" / f"candidate{k + 1}"
+        trials: list[dict] = []
+        scored: dict[str, dict] = {}
+
+        def evaluate(values: dict[str, str]) -> float:
+            if _key(values) in scored:  # a repeated proposal: its score is known
+                return scored[_key(values)]["validation_accuracy"]
+            nonlocal num_tasks
+            k = len(trials) + 1
+            cfg = configs[_key(values)]
+            trial_dir = out / f"task{t + 1}" / f"candidate{k}"
             if trial_dir.exists():
                 shutil.rmtree(trial_dir)
             trial_dir.mkdir(parents=True)
             if t > 0:
-                shutil.copytree(chosen_dirs[-1] / "checkpoints", trial_dir / "checkpoints")
+                shutil.copytree(chosen[-1][0] / "checkpoints", trial_dir / "checkpoints")
             exp = Experiment(cfg, trial_dir, progress=False, log=lambda *_: None)
             num_tasks = len(exp.scenario.tasks)
             if t > 0 and not exp.restore():
                 raise ConfigError(f"{trial_dir}: the chosen checkpoint of task {t} did not load.")
             exp.train_task(t)
             score = validation_accuracy(exp.method, exp.data, exp.scenario, t, cfg.eval.batch_size)
-            trials.append({"candidate": k + 1, "values": combos[k], "validation_accuracy": score})
-            log(f"task {t + 1}/{num_tasks} candidate {k + 1}/{len(configs)} {combos[k]}: validation {score:.2f}")
+            trials.append({"candidate": k, "values": values, "validation_accuracy": score})
+            scored[_key(values)] = trials[-1]
+            log(f"task {t + 1}/{num_tasks} candidate {k} {values}: validation {score:.2f}")
+            return score
+
+        if optuna_trials:
+            optuna_search(grid, optuna_trials, seed + t, evaluate)
+        else:
+            for values in combos:
+                evaluate(values)
         best = max(range(len(trials)), key=lambda i: trials[i]["validation_accuracy"])  # ties: the first
-        chosen_dirs.append(out / f"task{t + 1}" / f"candidate{best + 1}")
+        chosen.append((out / f"task{t + 1}" / f"candidate{best + 1}", configs[_key(trials[best]["values"])]))
         record["tasks"].append({"task": t, "trials": trials, "chosen": trials[best]})
         if t + 1 == num_tasks:
             break
     # Reporting only: the chosen model of each task, evaluated once on the test split.
     steps, last = [], None
-    for t, run_dir in enumerate(chosen_dirs):
-        cfg = configs[record["tasks"][t]["chosen"]["candidate"] - 1]
+    for t, (run_dir, cfg) in enumerate(chosen):
         last = Experiment(cfg, run_dir, progress=False, log=lambda *_: None)
         last.restore()
         steps.append(evaluate_step(last.method, last.data, last.scenario, t, cfg.eval))
