@@ -124,21 +124,17 @@ def average_gradients(params: list, weight: float) -> None:
         flags.append(1.0 if has else 0.0)
     flat = torch.cat([torch.cat(parts).float(), torch.tensor(flags, device=device)])
     dist.all_reduce(flat)
+    present = (flat[-len(params):] > 0).tolist()
     offset = 0
-    for p in params:
+    for p, keep in zip(params, present):
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
-        offset += n
-    present = flat[offset:] > 0
-    for p, keep in zip(params, present.tolist()):
         if not keep:
             p.grad = None
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if world().enabled:
-        dist.all_reduce(tensor)
-    return tensor
+        else:  # copy into the gradient's own layout (a channels_last weight keeps a channels_last gradient)
+            if p.grad is None:
+                p.grad = torch.empty_like(p)
+            p.grad.copy_(flat[offset : offset + n].view(p.shape))
+        offset += n
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
