@@ -85,3 +85,41 @@ def test_memory_state_round_trip():
     other = ExemplarMemory(total=10)
     other.load_state_dict(mem.state_dict())
     assert (other.exemplars[3] == mem.exemplars[3]).all()
+
+
+def test_selection_embeds_new_classes_in_one_pass_and_picks_as_class_by_class():
+    rng_feats = np.random.default_rng(0)
+    bank = torch.from_numpy(rng_feats.normal(size=(300, 8)).astype(np.float32))  # "features" of image i
+    per_class = {c: np.arange(c * 60, (c + 1) * 60) for c in range(5)}
+    calls = []
+
+    def features(idx):
+        calls.append(len(idx))
+        return bank[torch.as_tensor(idx)]
+
+    batched = ExemplarMemory(0, 7, "herding")
+    batched.update(per_class, features, np.random.default_rng(1))
+    assert calls == [300]  # one pass for all five classes
+    for c, idx in per_class.items():  # the same exemplars as herding each class on its own features
+        order = herding(bank[torch.as_tensor(idx)], 7)
+        assert np.array_equal(batched.exemplars[c], idx[order])
+
+
+def test_class_means_in_one_pass_equal_per_class_means(tmp_path):
+    from helpers import tiny_config
+
+    from ltcil.engine.context import TaskContext
+    from ltcil.engine.runner import Experiment
+
+    exp = Experiment(tiny_config(), tmp_path)
+    model = exp.method.model.eval()
+    ctx = TaskContext(exp.cfg, exp.scenario, exp.data, None, exp.device, None, None, 0)
+    labels = exp.data.labels["train"].cpu().numpy()
+    per_class = {c: np.flatnonzero(labels == c)[: 3 + c] for c in range(4)}
+    per_class[9] = np.zeros(0, dtype=np.int64)  # an empty class is left out
+    means = ctx.class_means(model, per_class, normalize=True, flip=True)
+    assert sorted(means) == [0, 1, 2, 3]
+    for c in range(4):
+        plain = torch.nn.functional.normalize(ctx.features(model, per_class[c])[0], dim=1)
+        mirrored = torch.nn.functional.normalize(ctx.features(model, per_class[c], flip=True)[0], dim=1)
+        torch.testing.assert_close(means[c], torch.cat([plain, mirrored]).mean(0), rtol=1e-4, atol=1e-5)

@@ -34,17 +34,38 @@ class TaskContext:
         )
 
     @torch.inference_mode()
-    def features(self, model, indices: np.ndarray, split: str = "train", batch_size: Optional[int] = None):
-        """Backbone features of un-augmented images, in large no-grad batches; returns (features, labels)."""
+    def features(self, model, indices: np.ndarray, split: str = "train", batch_size: Optional[int] = None,
+                 flip: bool = False):
+        """Backbone features of un-augmented images (mirrored with `flip`), in large no-grad batches; returns
+        (features, labels)."""
         model.eval()
         feats, labels = [], []
         for idx in self.data.index_batches(indices, batch_size or self.cfg.eval.batch_size, shuffle=False):
             x, y = self.data.batch(split, idx)
-            feats.append(model.forward_features(x).float())
+            feats.append(model.forward_features(x.flip(3) if flip else x).float())
             labels.append(y)
         if not feats:
             return torch.zeros(0, 0, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
         return torch.cat(feats), torch.cat(labels)
+
+    @torch.inference_mode()
+    def class_means(self, model, per_class: dict, normalize: bool = False, flip: bool = False) -> dict:
+        """{class: mean feature of its images} from one batched pass over all of them (not a small pass per
+        class: at 1,000 classes of 5 exemplars that was 2,000 forwards of 5 images). `normalize`: L2-normalise
+        each feature first (iCaRL); `flip`: average the mirrored images' features in too."""
+        classes = [c for c, idx in per_class.items() if len(idx)]
+        if not classes:
+            return {}
+        indices = np.concatenate([np.asarray(per_class[c]) for c in classes])
+        owner = torch.repeat_interleave(torch.arange(len(classes), device=self.device),
+                                        torch.tensor([len(per_class[c]) for c in classes], device=self.device))
+        views = [self.features(model, indices)[0]] + ([self.features(model, indices, flip=True)[0]] if flip else [])
+        sums = torch.zeros(len(classes), views[0].shape[1], device=self.device)
+        for feats in views:
+            sums.index_add_(0, owner, torch.nn.functional.normalize(feats, dim=1) if normalize else feats)
+        counts = torch.bincount(owner, minlength=len(classes)).float() * len(views)
+        means = sums / counts[:, None]
+        return {c: means[i] for i, c in enumerate(classes)}
 
     def reset_model(self, method) -> None:
         """Replace the method's network by a freshly initialised one with the same number of classes."""

@@ -72,13 +72,21 @@ class ExemplarMemory:
         budgets = class_budgets(available, self.total, self.per_class)
         for c in list(self.exemplars):
             self.exemplars[c] = self.exemplars[c][: budgets[c]]
-        for c, idx in new_class_indices.items():
+        for c in new_class_indices:
             if budgets[c] == 0:
                 self.exemplars[c] = np.zeros(0, dtype=np.int64)
-                continue
-            feats = features_fn(idx) if self.selection != "random" else torch.zeros(len(idx), 1)
-            order = select(self.selection, feats, budgets[c], rng)
-            self.exemplars[c] = np.asarray(idx)[order].astype(np.int64)
+        chosen = [c for c in new_class_indices if budgets[c] > 0]
+        for group in _groups(chosen, new_class_indices, FEATURE_CHUNK):
+            # features of a group of classes in one batched pass, not one small pass per class
+            idx_all = np.concatenate([np.asarray(new_class_indices[c]) for c in group])
+            feats_all = features_fn(idx_all) if self.selection != "random" else torch.zeros(len(idx_all), 1)
+            start = 0
+            for c in group:
+                idx = np.asarray(new_class_indices[c])
+                feats = feats_all[start : start + len(idx)]
+                start += len(idx)
+                order = select(self.selection, feats, budgets[c], rng)
+                self.exemplars[c] = idx[order].astype(np.int64)
 
     def state_dict(self) -> dict:
         return {"classes": sorted(self.exemplars),
@@ -86,3 +94,20 @@ class ExemplarMemory:
 
     def load_state_dict(self, state: dict) -> None:
         self.exemplars = {int(c): t.numpy().astype(np.int64) for c, t in zip(state["classes"], state["indices"])}
+
+
+FEATURE_CHUNK = 16384  # images whose features are held at once while selecting (ImageNet: ~13 classes' worth)
+
+
+def _groups(classes: list, indices: dict, limit: int):
+    """Consecutive groups of classes holding at most `limit` images (a bigger class forms its own group)."""
+    group, size = [], 0
+    for c in classes:
+        n = len(indices[c])
+        if group and size + n > limit:
+            yield group
+            group, size = [], 0
+        group.append(c)
+        size += n
+    if group:
+        yield group

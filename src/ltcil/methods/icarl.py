@@ -36,26 +36,11 @@ class ICaRL(TeacherMethod):
     @torch.no_grad()
     def exemplar_means(self, ctx) -> torch.Tensor:
         """Alg. 2: mu_y = normalised mean of the L2-normalised features of class y's exemplars."""
-        n = self.model.num_classes
-        dim = self.model.backbone.num_features
-        means = torch.zeros(n, dim, device=self.device)
-        for c, idx in self.memory.exemplars.items():
-            if len(idx) == 0:
-                continue
-            feats = F.normalize(ctx.features(self.model, idx)[0], dim=1)
-            if self.options.nme_flip and ctx.cfg.train.flip:
-                feats = torch.cat([feats, F.normalize(self._flipped_features(ctx, idx), dim=1)])
-            means[c] = F.normalize(feats.mean(0), dim=0)
+        means = torch.zeros(self.model.num_classes, self.model.backbone.num_features, device=self.device)
+        flip = self.options.nme_flip and ctx.cfg.train.flip
+        for c, mean in ctx.class_means(self.model, self.memory.exemplars, normalize=True, flip=flip).items():
+            means[c] = F.normalize(mean, dim=0)
         return means
-
-    @torch.inference_mode()
-    def _flipped_features(self, ctx, idx):
-        self.model.eval()
-        out = []
-        for chunk in ctx.data.index_batches(idx, ctx.cfg.eval.batch_size, shuffle=False):
-            x, _ = ctx.data.batch("train", chunk)
-            out.append(self.model.forward_features(x.flip(3)).float())
-        return torch.cat(out)
 
     def predict(self, x):
         feats = self.model.forward_features(x)

@@ -148,12 +148,15 @@ class ProtoLT(ReplayMethod):
     def refresh_prototypes(self, task, ctx):
         """Every seen class's prototype = mean embedding of its exemplars under the current encoder."""
         head = self.model.head
+        labels = ctx.data.labels["train"].cpu().numpy()
+        current = set(task.classes.tolist())
+        per_class = {}
         for c, idx in self.memory.exemplars.items():
-            if len(idx) == 0:  # a budget of zero: fall back on all of the class's training images
-                labels = ctx.data.labels["train"].cpu().numpy()
-                idx = task.train_indices[labels[task.train_indices] == c] if c in set(task.classes.tolist()) else idx
-            if len(idx):
-                head.prototypes[c] = ctx.features(self.model, idx)[0].mean(0)
+            if len(idx) == 0 and c in current:  # a budget of zero: fall back on all of the class's training images
+                idx = task.train_indices[labels[task.train_indices] == c]
+            per_class[c] = idx
+        for c, mean in ctx.class_means(self.model, per_class).items():
+            head.prototypes[c] = mean
 
     def fit_bias(self, task, ctx):
         """Re-measure stage: alpha, beta of this stage's classes on the frozen encoder, CE over all seen
