@@ -70,7 +70,10 @@ def test_stage_two_lifts_the_tail_class_and_touches_only_new_rows_and_scales():
                         (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)), EventLog(None), 1)
     ctx.x, ctx.y = x, y
     stage = TwoStage(cfg)
+    seen_old_rows = []  # what every forward of the stage saw in the old classes' rows
+    model.head.register_forward_pre_hook(lambda head, args: seen_old_rows.append(head.weight[:2].detach().clone()))
     stage.fit(SimpleNamespace(model=model), np.arange(len(y)), ctx)
+    assert len(seen_old_rows) > 20 and all(torch.equal(w, before["head.weight"][:2]) for w in seen_old_rows)
 
     after = model.state_dict()
     for key in ("backbone.proj.weight", "backbone.proj.bias"):  # frozen backbone

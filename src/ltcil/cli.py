@@ -138,11 +138,11 @@ def cmd_sweep(args) -> int:
     if launched_by_torchrun():
         raise LtcilError("ltcil sweep runs its candidates one after another in one process; start it without "
                          "torchrun (each candidate is a short run).")
+    if args.random and args.optuna:
+        raise LtcilError("ltcil sweep: choose --random or --optuna, not both.")
     config, overrides = _split_items(args.items)
     grid = parse_grid(args.grid)
     prepare_run_dir(args.out, args.force)
-    if args.random and args.optuna:
-        raise LtcilError("ltcil sweep: choose --random or --optuna, not both.")
     record = run_sweep(config if config is not None else QUICKSTART, overrides, grid, args.out, args.random,
                        args.seed, optuna_trials=args.optuna)
     print()

@@ -72,14 +72,19 @@ class TwoStage:
         )
 
         def step(f, y):
+            if fixed:  # old rows stay as they were in every forward (the optimiser's last update is undone)
+                with torch.no_grad():
+                    for name in ("weight", "bias"):
+                        if fixed.get(name) is not None:
+                            getattr(head, name)[:old] = fixed[name][:old]
             return {"loss": F.cross_entropy(head(f) * scales, y)}
 
         trainer = Trainer(FeatureData(feats, labels), ctx.device, ctx.events, progress=False, amp=False)
         ctx.fit(step, groups, np.arange(len(labels)), stage, epochs=opts.epochs, lr=opts.lr or train.lr,
                 name=CLASSIFIER, augment=False, modules=[head], trainer=trainer)
-        with torch.no_grad():  # old rows as they were (weight decay touched them); a cosine head's sigma learns
+        with torch.no_grad():  # undo the last update of the old rows too; a cosine head's sigma learns
             for name in ("weight", "bias"):
-                if name in fixed and fixed[name] is not None:
+                if fixed.get(name) is not None:
                     getattr(head, name)[:old] = fixed[name][:old]
         self.scales = scales.detach()
         ctx.events.write({"event": CLASSIFIER, "task": ctx.task_index, "scales": self.scales.cpu().tolist()})
