@@ -55,6 +55,16 @@ def test_errors_are_one_paragraph_without_traceback(args, match, capsys):
     assert match in " ".join(err.split()) and "Traceback" not in err and err.startswith("error: ")
 
 
+def test_overrides_may_follow_options(tmp_path, capsys):
+    # `run CONFIG --out DIR key=value`: the override after --out is still read (here it is misspelt on purpose,
+    # so the error shows it reached the config without training anything).
+    assert main(["run", "quickstart_digits", "--out", str(tmp_path / "r"), "--quiet", "train.epoch=2"]) == 2
+    assert "Did you mean 'train.epochs'" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "quickstart_digits", "--outt", str(tmp_path / "r")])
+    assert exc.value.code == 2 and "unrecognized arguments: --outt" in capsys.readouterr().err
+
+
 def test_list_commands(capsys):
     assert main(["list", "methods"]) == 0
     methods = capsys.readouterr().out.split()

@@ -154,7 +154,14 @@ def cmd_sweep(args) -> int:
 def main(argv=None) -> int:
     from .engine import distributed
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a positional list at the first option, so `run CONFIG --out DIR key=value` leaves the
+    # overrides after --out unparsed: they belong to the same list.
+    if extra and args.command in ("run", "sweep") and not any(e.startswith("-") for e in extra):
+        args.items += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
                "sweep": cmd_sweep}[args.command]
     try:
