@@ -192,3 +192,25 @@ def test_imprinting_rejects_missing_features():
         head.imprint([0, 1], [torch.randn(3, 8)])
     with pytest.raises(ValueError):
         head.imprint([1], [torch.empty(0, 8)])
+
+
+def test_cosine_rows_can_start_at_a_fixed_norm_and_growth_keeps_old_rows():
+    # LDAM's released NormedLinear: class vectors U(-1, 1) renormalised to 1 (the default init gives ~0.58).
+    head = CosineLinear(64, sigma=False, num_classes=5, row_norm=1.0)
+    assert torch.allclose(head.weight.norm(dim=1), torch.ones(5))
+    old = head.weight.detach().clone()
+    head.add_classes(3)
+    assert torch.equal(head.weight[:5], old)
+    assert torch.allclose(head.weight[5:].norm(dim=1), torch.ones(3))
+    default = CosineLinear(64, sigma=False, num_classes=200).weight.norm(dim=1)
+    assert default.max() < 0.8  # the default stays nn.Linear's U(-1/8, 1/8) for CCSI / LUCIR-style heads
+
+
+def test_ldam_heads_start_with_unit_rows():
+    from ltcil.config import load_config
+    from ltcil.engine.runner import build_method
+
+    cfg = load_config("quickstart_digits", ["method.name=ldam_drw"])
+    method, _ = build_method(cfg, in_channels=1, image_size=8, device=torch.device("cpu"))
+    method.model.head.add_classes(4)
+    assert torch.allclose(method.model.head.weight.norm(dim=1), torch.ones(4))

@@ -37,7 +37,8 @@ class LDAMDRW(ReplayMethod):
             raise ConfigError(f"method.max_margin must be > 0, got {options.max_margin}.")
 
     def __init__(self, model, options, cfg, device):
-        model.head = CosineLinear(model.backbone.num_features, sigma=False)  # Sec. 4 / code: NormedLinear
+        # Sec. 4 / released code: NormedLinear, class vectors initialised at unit norm
+        model.head = CosineLinear(model.backbone.num_features, sigma=False, row_norm=1.0)
         super().__init__(model, options, cfg, device)
         self.margins = self.class_weights = self.weights = None
 

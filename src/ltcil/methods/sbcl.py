@@ -99,7 +99,7 @@ class SBCL(ReplayMethod):
     def _new_classifier(self, num_classes: int) -> nn.Module:
         feats = self.model.backbone.num_features
         if self.options.classifier == "ldam_drw":
-            return CosineLinear(feats, sigma=False, num_classes=num_classes).to(self.device)
+            return CosineLinear(feats, sigma=False, num_classes=num_classes, row_norm=1.0).to(self.device)
         return IncrementalLinear(feats, num_classes).to(self.device)
 
     def augmentation(self):
