@@ -91,6 +91,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
     channels_last: bool = True  # NHWC activations: +20% training, +50% eval on CPU; faster convs on GPU
     threads: int = 0  # CPU threads for torch (0: all cores)
+    checkpoint_minutes: float = 10.0  # inside a task's main training, save partial.pt this often (0: only per task)
     progress: bool = True  # tqdm progress bars
 
 
@@ -158,7 +159,7 @@ _CHOICES = {
 _NON_NEGATIVE = {
     "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs",
     "train.initial_batch_size", "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay",
-    "train.warmup_epochs", "train.crop_padding",
+    "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
     "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
 }

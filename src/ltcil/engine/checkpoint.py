@@ -1,5 +1,5 @@
 """Checkpoints: plain state dicts (tensors, numbers, strings, lists, dicts), written atomically, loadable
-with torch.load(weights_only=True). One per finished task."""
+with torch.load(weights_only=True). One per finished task, and one inside the running task (below)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ def checkpoint_path(run_dir: Path, task_index: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"task_{task_index:03d}.pt"
 
 
-def save_checkpoint(run_dir: Path, task_index: int, state: dict) -> Path:
-    path = checkpoint_path(run_dir, task_index)
+def _save_atomic(path: Path, state: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic on POSIX: a crash leaves either the old file or the new one
     return path
+
+
+def save_checkpoint(run_dir: Path, task_index: int, state: dict) -> Path:
+    return _save_atomic(checkpoint_path(run_dir, task_index), state)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -33,3 +36,28 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- inside a task -------------------------------------------------------------------------------------------
+# A long single task (200 epochs of long-tailed recognition, 1,000 of SBCL) must not restart from scratch after
+# a kill, so the main training of a task also leaves `partial.pt` every `train.checkpoint_minutes`: the method's
+# state after the last finished epoch, the optimiser, the task's generators and the global RNG. It is replaced
+# by the task's own checkpoint when the task ends.
+PARTIAL = "partial.pt"
+
+
+def partial_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / PARTIAL
+
+
+def save_partial(run_dir: Path, state: dict) -> Path:
+    return _save_atomic(partial_path(run_dir), state)
+
+
+def load_partial(run_dir: Path) -> Optional[dict]:
+    path = partial_path(run_dir)
+    return load_checkpoint(path) if path.exists() else None
+
+
+def remove_partial(run_dir: Path) -> None:
+    partial_path(run_dir).unlink(missing_ok=True)

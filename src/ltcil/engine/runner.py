@@ -27,7 +27,7 @@ from ..reporting.results import build_results, write_json
 from ..reporting.trackers import check_trackers, open_trackers
 from ..scenarios import build_scenario
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, load_partial, remove_partial, save_checkpoint, save_partial
 from .context import TaskContext
 from .seed import generators, seed_task, task_seed
 from .trainer import Trainer
@@ -106,6 +106,7 @@ class Experiment:
         self.steps: list = []
         self.timing: list = []
         self.next_task = 0
+        self.partial: Optional[dict] = None  # a checkpoint inside task next_task, used when it runs
 
     # --- persistence -------------------------------------------------------------------------------------
     def _state(self, task_index: int) -> dict:
@@ -120,18 +121,25 @@ class Experiment:
         }
 
     def restore(self) -> bool:
-        """Continue after the last complete checkpoint; False when there is none."""
+        """Continue after the last complete checkpoint, and inside the next task from its partial checkpoint
+        when there is one; False when there is neither."""
         path = latest_checkpoint(self.run_dir)
-        if path is None:
+        if path is not None:
+            state = load_checkpoint(path)
+            self.method.load_state_dict(state["method"])
+            self.steps = state["steps"]
+            self.timing = state["timing"]
+            self.next_task = state["task"] + 1
+        partial = load_partial(self.run_dir)
+        if partial is not None and partial["task"] == self.next_task:  # older ones: that task finished since
+            self.partial = partial
+        if path is None and self.partial is None:
             return False
-        state = load_checkpoint(path)
-        self.method.load_state_dict(state["method"])
-        self.steps = state["steps"]
-        self.timing = state["timing"]
-        self.next_task = state["task"] + 1
         if self.world.is_main:
-            self.log(f"resuming {self.run_dir} after task {self.next_task} of {len(self.scenario.tasks)} "
-                     f"({path.name})")
+            where = [f"after task {self.next_task} of {len(self.scenario.tasks)}"] if path is not None else []
+            if self.partial is not None:
+                where.append(f"inside task {self.next_task + 1} after epoch {self.partial['loop']['epoch']}")
+            self.log(f"resuming {self.run_dir} {', '.join(where)}")
         return True
 
     def results(self) -> dict:
@@ -212,10 +220,15 @@ class Experiment:
             )
         indices = self.method.train_indices(task, ctx)
         self.method.train_counts = train_class_counts(ctx, indices, self.method.model.num_classes)
+        resume = self._resume_inside(t, events)
+        if resume is not None:
+            timing["resumed_at_epoch"] = resume["epoch"]
         trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, stage,
                     epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model],
                     on_epoch=self.method.begin_epoch, augment_spec=self.method.augmentation(),
-                    views=self.method.views, with_indices=self.method.batch_indices)
+                    views=self.method.views, with_indices=self.method.batch_indices, resume=resume,
+                    save=self._save_inside(t) if cfg.train.checkpoint_minutes > 0 else None,
+                    save_seconds=cfg.train.checkpoint_minutes * 60)
         timing["train"] = time.perf_counter() - t0
         timing["train_images"] = int(len(indices)) * epochs
 
@@ -232,6 +245,7 @@ class Experiment:
             return
         if not evaluate:
             save_checkpoint(self.run_dir, t, self._state(t))
+            remove_partial(self.run_dir)
             self.next_task = t + 1
             return
         t0 = time.perf_counter()
@@ -244,11 +258,41 @@ class Experiment:
                       "top5": head["top5"], "row": head["row"], "old": head["old"], "new": head["new"],
                       "classifiers": {k: v["top1"] for k, v in step["classifiers"].items()}, "timing": timing})
         save_checkpoint(self.run_dir, t, self._state(t))
+        remove_partial(self.run_dir)  # after the task's own checkpoint: a crash between them loses nothing
         write_json(self.run_dir / "results.json", self.results())  # partial results survive a crash
         self.next_task = t + 1
         if self.progress:
             self.log(f"task {t + 1}/{len(self.scenario.tasks)}: top-1 {head['top1']:.2f} on "
                      f"{step['seen_classes']} classes ({timing['train']:.1f}s train)")
+
+    def _save_inside(self, task_index: int):
+        """The trainer's save hook for the main training of a task: rank 0 writes partial.pt (the method state
+        after the epoch, begin_epoch's state, the loop's optimiser and generators, the global RNG)."""
+        def save(epochs_done: int, loop: dict) -> None:
+            if not self.world.is_main:
+                return
+            rng = {"torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            save_partial(self.run_dir, {
+                "format": 1, "task": task_index, "loop": loop, "method": self.method.state_dict(),
+                "epoch_state": self.method.epoch_state(), "rng": rng,
+            })
+        return save
+
+    def _resume_inside(self, task_index: int, events: EventLog) -> Optional[dict]:
+        """Load the partial checkpoint of this task into the method (after begin_task has rebuilt what the task
+        starts from: teacher, memory, grown head) and return its loop state for the trainer."""
+        partial, self.partial = self.partial, None
+        if partial is None or partial["task"] != task_index:
+            return None
+        self.method.load_state_dict(partial["method"])
+        self.method.load_epoch_state(partial["epoch_state"])
+        torch.set_rng_state(partial["rng"]["torch"])
+        if "cuda" in partial["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(partial["rng"]["cuda"], self.device)
+        events.write({"event": "resume_inside", "task": task_index, "epoch": partial["loop"]["epoch"]})
+        return partial["loop"]
 
     def _share_method_state(self) -> None:
         """Under torchrun: every rank continues from rank 0's method state (model, memory, calibration), so

@@ -56,13 +56,19 @@ class Trainer:
         augment_spec: Optional[AugmentSpec] = None,
         views: int = 1,
         with_indices: bool = False,
+        resume: Optional[dict] = None,
+        save: Optional[Callable[[int, dict], None]] = None,
+        save_seconds: float = 0.0,
     ) -> list[dict]:
         """Run `epochs` epochs of `step_fn` over `indices`, visited as `stage.sampler` says; `modules` are put
         in train mode each epoch; `on_epoch(epoch, epochs)` runs before each epoch (e.g. DRW's re-weighting).
         `augment_spec` replaces the stage's augmentation; with `views` > 1 the step gets that many independently
         augmented copies of the batch, concatenated (2N images for N labels: contrastive learning);
         `with_indices` passes the batch's indices into the split as a third argument.
-        Under torchrun each rank steps on its shard of every batch and gradients are averaged (distributed.py)."""
+        Under torchrun each rank steps on its shard of every batch and gradients are averaged (distributed.py).
+        `save(epochs_done, loop_state)` is called after an epoch once `save_seconds` have passed since the start or
+        the last save (not after the last epoch); `resume`, such a loop state, continues after its epoch with
+        its optimiser and generators (the caller restores the model first)."""
         cpu_gen, dev_gen = gens
         world = distributed.world()
         sampler = getattr(stage, "sampler", "instance")
@@ -74,12 +80,20 @@ class Trainer:
         trained = [p for group in optimizer.param_groups for p in group["params"]]
         spec = (augment_spec or AugmentSpec.from_train_config(stage)) if augment else None
         history = []
+        first_epoch = 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            cpu_gen.set_state(resume["generators"][0])
+            dev_gen.set_state(resume["generators"][1])
+            first_epoch = resume["epoch"]
+        last_save = time.perf_counter()
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=epochs, desc=f"task {task_index + 1} {name}", leave=False, dynamic_ncols=True)
-        for epoch in range(epochs):
+            bar = tqdm(total=epochs, initial=first_epoch, desc=f"task {task_index + 1} {name}", leave=False,
+                       dynamic_ncols=True)
+        for epoch in range(first_epoch, epochs):
             set_lr(optimizer, lr * lr_factor(stage, epoch, epochs))
             if on_epoch is not None:  # before train(): a hook may run the model in eval mode (e.g. clustering)
                 on_epoch(epoch, epochs)
@@ -139,6 +153,10 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
                 bar.update(1)
+            if save is not None and epoch + 1 < epochs and time.perf_counter() - last_save >= save_seconds:
+                save(epoch + 1, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                                 "generators": [cpu_gen.get_state(), dev_gen.get_state()]})
+                last_save = time.perf_counter()
         if bar is not None:
             bar.close()
         distributed.average_buffers(modules)

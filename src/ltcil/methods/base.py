@@ -98,6 +98,14 @@ class Method:
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each epoch of the task's main training (0-based epoch)."""
 
+    def epoch_state(self) -> dict:
+        """What begin_epoch keeps from one epoch to the next beyond state_dict() (tensors and plain data): saved
+        in a checkpoint taken inside a task, given back to load_epoch_state when the task resumes there."""
+        return {}
+
+    def load_epoch_state(self, state: dict) -> None:
+        pass
+
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Named losses for one batch; the engine optimises losses["loss"]."""
         return {"loss": self.classification_loss(self.model(x), y)}

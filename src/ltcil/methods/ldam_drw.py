@@ -49,6 +49,12 @@ class LDAMDRW(ReplayMethod):
         on = self.options.reweight == "always" or (self.options.reweight == "drw" and epoch >= self.options.drw_epoch)
         self.weights = self.class_weights if on else None
 
+    def epoch_state(self):
+        return {"margins": self.margins, "class_weights": self.class_weights}
+
+    def load_epoch_state(self, state):
+        self.margins, self.class_weights = (state[k].to(self.device) for k in ("margins", "class_weights"))
+
     def training_step(self, x, y):
         loss = ldam_loss(self.model(x), y, self.margins, self.options.scale, self.weights)
         return {"loss": loss}

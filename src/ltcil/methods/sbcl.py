@@ -120,6 +120,13 @@ class SBCL(ReplayMethod):
         if epoch >= start and (epoch - start) % self.options.recluster_every == 0:
             self.recluster(epoch)
 
+    def epoch_state(self):
+        return {"subclass_of": self.subclass_of, "tau_class": self.tau_class}
+
+    def load_epoch_state(self, state):
+        self.subclass_of, self.tau_class = (None if state[k] is None else state[k].to(self.device)
+                                            for k in ("subclass_of", "tau_class"))
+
     @torch.no_grad()
     def projections(self, ctx, indices) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.eval()
