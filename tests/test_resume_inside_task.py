@@ -105,3 +105,19 @@ def test_sigkill_inside_a_single_task_run_resumes_from_the_partial_checkpoint(tm
         assert got[key] == expected[key], key
     events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "resume_inside" and e["task"] == 0 and e["epoch"] == done for e in events)
+
+
+@pytest.mark.parametrize("which", ["partial.pt", "task_000.pt"])
+def test_an_unreadable_checkpoint_is_named_and_nothing_is_deleted(tmp_path, which):
+    from ltcil.errors import LtcilError
+
+    overrides = [f"train.epochs={EPOCHS}", EVERY_EPOCH]
+    stopped = Experiment(tiny_config(*overrides), tmp_path / "run")
+    stop_at(stopped, EPOCHS + 2)
+    with pytest.raises(Stop):
+        stopped.run()
+    path = tmp_path / "run" / "checkpoints" / which
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(LtcilError, match=f"checkpoint {path} cannot be read.*delete it to resume from"):
+        Experiment(tiny_config(*overrides), tmp_path / "run").restore()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["partial.pt", "task_000.pt"]

@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import LtcilError
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -35,7 +37,17 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holding objects other than plain data
+        hint = ("delete it to resume from the last finished task instead" if Path(path).name == PARTIAL
+                else "delete it to resume from the task before it")
+        detail = (str(exc).splitlines() or [""])[0]
+        detail = detail if len(detail) <= 100 else detail[:100] + "..."
+        raise LtcilError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {detail}); {hint}.") from exc
+    if not isinstance(state, dict) or "task" not in state:
+        raise LtcilError(f"checkpoint {path} is not an ltcil checkpoint (no 'task' entry).")
+    return state
 
 
 # --- inside a task -------------------------------------------------------------------------------------------
