@@ -110,22 +110,38 @@ def test_drw_switches_to_class_balanced_weights_at_its_epoch(tmp_path):
     assert seen[1][-1] > seen[1][0]  # the tail class weighs more
 
 
-def test_decoupled_stage_two_leaves_the_backbone_and_stage_one_head_untouched(tmp_path):
-    exp = Experiment(tiny_config("method.name=decoupled", "scenario.val_per_class=3", *LT_TINY), tmp_path)
+@pytest.mark.parametrize("features", ["augmented", "cached"])
+def test_decoupled_stage_two_leaves_the_backbone_and_stage_one_head_untouched(tmp_path, features):
+    exp = Experiment(tiny_config("method.name=decoupled", "scenario.val_per_class=3", f"method.stage2_features="
+                                 f"{features}", *LT_TINY), tmp_path)
     method = exp.method
-    captured = {}
-    original_end = method.end_task
+    captured = {"images": 0}
+    original_end, original_features = method.end_task, method.model.forward_features
+
+    def forward_features(x):
+        captured["images"] += len(x) if captured.get("in_stage_two") else 0
+        return original_features(x)
 
     def end_task(task, ctx):
         captured["before"] = {k: v.clone() for k, v in method.model.state_dict().items()}
+        captured["in_stage_two"] = True
         original_end(task, ctx)
+        captured["in_stage_two"] = False
 
+    method.model.forward_features = forward_features
     method.end_task = end_task
     results = exp.run()
     after = method.model.state_dict()
-    assert all(torch.equal(captured["before"][k], after[k]) for k in after)
+    assert all(torch.equal(captured["before"][k], after[k]) for k in after)  # BN statistics included
     assert all(f"accuracy_{name}" in results for name in ("ce", "crt", "lws", "tau_norm"))
     assert results["tau"] in [round(0.1 * i, 1) for i in range(21)]
+    # the backbone embeds the stage-2 images at every step when augmented, once (plus validation) when cached
+    o = method.options
+    images = len(method.stage_indices)
+    if features == "augmented":
+        assert captured["images"] >= images * (o.epochs + o.lws_epochs) * 0.9
+    else:
+        assert captured["images"] < images * 3
 
 
 def test_tau_norm_without_validation_fails_before_training(tmp_path):

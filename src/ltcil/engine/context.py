@@ -9,6 +9,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..data.loader import FeatureData
+from .trainer import Trainer
+
 
 @dataclass
 class TaskContext:
@@ -32,6 +35,24 @@ class TaskContext:
             gens=self.gens, task_index=self.task_index, name=name, split=split, augment=augment, modules=modules,
             on_epoch=on_epoch,
         )
+
+    def frozen_stage(self, model, indices: np.ndarray, augmented: bool):
+        """What a stage that trains only on top of a frozen backbone (cRT, LWS, a linear probe) runs on:
+        (trainer, positions, featurize). `augmented`: the task's augmented training images, embedded by the
+        frozen backbone (eval mode, no gradient) at every step, as the papers train; otherwise the features of
+        the un-augmented images, cached once, so an epoch costs a matrix product instead of a backbone pass.
+        Pass `augment=augmented` and the returned trainer to `fit`, and call `featurize` on each batch."""
+        if augmented:
+            model.eval()
+
+            def featurize(x):
+                with torch.no_grad():
+                    return model.forward_features(x).float()
+
+            return self.trainer, np.asarray(indices), featurize
+        feats, labels = self.features(model, indices)
+        trainer = Trainer(FeatureData(feats, labels), self.device, self.events, progress=False, amp=False)
+        return trainer, np.arange(len(labels)), lambda f: f
 
     @torch.inference_mode()
     def features(self, model, indices: np.ndarray, split: str = "train", batch_size: Optional[int] = None,

@@ -8,8 +8,9 @@ re-balance the classifier alone on the frozen backbone (stage 2, Sec. 4):
 - lws: the stage-1 classifier frozen, one learned scale per class, class-balanced sampling.
 
 All three are fitted after every task and reported side by side with the stage-1 classifier ("ce");
-`classifier` names the headline. Stage 2 trains on features of the un-augmented training images cached once
-per task, so an epoch costs a matrix product instead of a backbone pass. Inside a class-incremental run the
+`classifier` names the headline. Stage 2 trains, as the paper's code does, on augmented training images passed
+through the frozen backbone (`stage2_features: augmented`), or on the un-augmented images' features cached
+once per task (`cached`: an epoch costs a matrix product instead of a backbone pass). Inside a class-incremental run the
 stage-2 data is what the task trained on (its data plus the memory), and stage 1 continues from its own head.
 """
 
@@ -23,15 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.loader import FeatureData
 from ..data.sampling import SAMPLERS
-from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..heads.linear import IncrementalLinear
 from ..registry import register_method
 from .exemplar_base import ReplayMethod
 
 CLASSIFIERS = ("crt", "tau_norm", "lws")
+STAGE2_FEATURES = ("augmented", "cached")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class DecoupledOptions:
     lws_epochs: int = 5  # LWS, same code base: 5 epochs, lr 0.2
     lws_lr: float = 0.2
     taus: list = dataclasses.field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])  # 0..2
+    stage2_features: str = "augmented"  # augmented (the released code's stage-2 loader) | cached (fast)
 
 
 def tau_normalized_logits(features: torch.Tensor, weight: torch.Tensor, tau: float) -> torch.Tensor:
@@ -70,6 +71,9 @@ class Decoupled(ReplayMethod):
             raise ConfigError(f"method.classifier: {options.classifier!r} is not one of {', '.join(CLASSIFIERS)}.")
         if options.sampler not in SAMPLERS:
             raise ConfigError(f"method.sampler: {options.sampler!r} is not one of {', '.join(SAMPLERS)}.")
+        if options.stage2_features not in STAGE2_FEATURES:
+            raise ConfigError(f"method.stage2_features: {options.stage2_features!r} is not one of "
+                              f"{', '.join(STAGE2_FEATURES)}.")
         if not options.taus or min(options.taus) < 0:
             raise ConfigError(f"method.taus must be a non-empty list of values >= 0, got {options.taus}.")
 
@@ -92,41 +96,42 @@ class Decoupled(ReplayMethod):
         self.stage_indices = self.train_indices(task, ctx)  # what stage 1 trains on, before memory changes
 
     def end_task(self, task, ctx):
-        feats, labels = ctx.features(self.model, self.stage_indices)
-        trainer = Trainer(FeatureData(feats, labels), self.device, ctx.events, progress=False, amp=False)
-        positions = np.arange(len(labels))
+        augmented = self.options.stage2_features == "augmented"
+        data = ctx.frozen_stage(self.model, self.stage_indices, augmented)
         stage = dataclasses.replace(
             self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=self.options.weight_decay,
             schedule="cosine", warmup_epochs=0, batch_size=self.options.batch_size, sampler=self.options.sampler,
         )
-        self._fit_crt(ctx, trainer, positions, stage, feats.shape[1])
-        self._fit_lws(ctx, trainer, positions, dataclasses.replace(stage, weight_decay=0.0))
+        self._fit_crt(ctx, data, stage, augmented)
+        self._fit_lws(ctx, data, dataclasses.replace(stage, weight_decay=0.0), augmented)
         self._choose_tau(task, ctx)
         super().end_task(task, ctx)  # memory update last: stage 2 used the task's training set
 
-    def _fit_crt(self, ctx, trainer, positions, stage, num_features):
+    def _fit_crt(self, ctx, data, stage, augmented):
         """cRT: re-initialise the classifier and train it alone with class-balanced sampling."""
-        head = IncrementalLinear(num_features, self.model.num_classes).to(self.device)
+        trainer, positions, featurize = data
+        head = IncrementalLinear(self.model.backbone.num_features, self.model.num_classes).to(self.device)
 
-        def step(f, y):
-            return {"loss": F.cross_entropy(head(f), y)}
+        def step(x, y):
+            return {"loss": F.cross_entropy(head(featurize(x)), y)}
 
         ctx.fit(step, head.parameters(), positions, stage, epochs=self.options.epochs, lr=self.options.lr,
-                name="crt", augment=False, modules=[head], trainer=trainer)
+                name="crt", augment=augmented, modules=[head], trainer=trainer)
         self.crt_head = head.eval()
 
-    def _fit_lws(self, ctx, trainer, positions, stage):
+    def _fit_lws(self, ctx, data, stage, augmented):
         """LWS: the stage-1 classifier stays fixed; only a per-class scale of its logits learns."""
+        trainer, positions, featurize = data
         scales = nn.Parameter(torch.ones(self.model.num_classes, device=self.device))
         head = self.model.head
 
-        def step(f, y):
+        def step(x, y):
             with torch.no_grad():
-                logits = head(f)
+                logits = head(featurize(x))
             return {"loss": F.cross_entropy(logits * scales, y)}
 
         ctx.fit(step, [scales], positions, stage, epochs=self.options.lws_epochs, lr=self.options.lws_lr,
-                name="lws", augment=False, trainer=trainer)
+                name="lws", augment=augmented, trainer=trainer)
         self.lws_scales = scales.detach()
 
     def _choose_tau(self, task, ctx):
