@@ -99,3 +99,38 @@ def test_torchrun_run_killed_mid_task_resumes_and_matches(tmp_path):
         assert got[key] == expected[key], key
     kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
     assert "resume" in kinds
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finding torchrun's workers needs /proc")
+def test_torchrun_killed_inside_a_single_task_resumes_from_the_partial_checkpoint(tmp_path):
+    # rank 0 decides when to checkpoint and every rank takes part (buffer averaging), so no rank waits alone
+    args = [*TINY, NORM, "scenario.initial=6", "scenario.increment=0", "train.epochs=6",
+            "train.checkpoint_minutes=1e-9", "data.images_per_class=60"]
+    full = tmp_path / "full"
+    proc = torchrun("-m", "ltcil", "run", "--out", str(full), "--quiet", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = json.loads((full / "results.json").read_text())
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ltcil",
+           "run", "--out", str(killed), "--quiet", *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = killed / "checkpoints" / "partial.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not partial.exists():
+        time.sleep(0.02)
+    for pid in [*_descendants(launcher.pid), launcher.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    launcher.wait()
+    assert partial.exists() and not (killed / "results.json").exists(), "the run finished before it was killed"
+
+    resumed = torchrun("-m", "ltcil", "resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = json.loads((killed / "results.json").read_text())
+    for key in ("accuracy", "per_class_accuracy", "accuracy_matrix"):
+        assert got[key] == expected[key], key
+    assert any(json.loads(line)["event"] == "resume_inside" for line in
+               (killed / "events.jsonl").read_text().splitlines())

@@ -17,6 +17,7 @@ ranks can never drift apart. Only rank 0 logs, evaluates on the test split and w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -176,6 +177,34 @@ def average_buffers(modules) -> None:
             if buf.is_floating_point():
                 dist.all_reduce(buf)
                 buf.div_(w.size)
+
+
+@contextlib.contextmanager
+def averaged_buffers(modules):
+    """Inside the block the floating-point buffers hold their average over ranks; after it each rank has its
+    own again. A checkpoint taken inside a stage stores the average: running statistics are linear in their
+    updates, so resuming every rank from it and averaging at the end of the stage gives what the ranks would
+    have averaged without the stop (up to rounding)."""
+    w = world()
+    if not w.enabled:
+        yield
+        return
+    own = [(buf, buf.detach().clone()) for m in modules for buf in m.buffers() if buf.is_floating_point()]
+    average_buffers(modules)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in own:
+                buf.copy_(value)
+
+
+def from_main(flag: bool) -> bool:
+    """Rank 0's value of `flag` on every rank (a decision such as "checkpoint now" that must be taken
+    together: it may involve a collective)."""
+    if not world().enabled:
+        return flag
+    return bool(broadcast_object(flag))
 
 
 def broadcast_object(obj):

@@ -153,9 +153,11 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
                 bar.update(1)
-            if save is not None and epoch + 1 < epochs and time.perf_counter() - last_save >= save_seconds:
-                save(epoch + 1, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                                 "generators": [cpu_gen.get_state(), dev_gen.get_state()]})
+            if (save is not None and epoch + 1 < epochs
+                    and distributed.from_main(time.perf_counter() - last_save >= save_seconds)):
+                with distributed.averaged_buffers(modules):
+                    save(epoch + 1, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                                     "generators": [cpu_gen.get_state(), dev_gen.get_state()]})
                 last_save = time.perf_counter()
         if bar is not None:
             bar.close()
