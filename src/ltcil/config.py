@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -53,8 +54,15 @@ class ScenarioConfig:
 class BackboneConfig:
     name: str = "resnet32"
     block: str = "basic"  # resnet_cifar: basic | bottleneck
+    shortcut: str = "conv"  # resnets: conv (1x1 conv + BN where the shape changes) | pad (parameter-free, option A)
     norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN) | gn
     norm_groups: int = 4  # cn / gn: groups of the GroupNorm (CCSI's gn_size default)
+
+
+@dataclass
+class HeadConfig:
+    init: str = "uniform"  # new rows of the growable linear head: uniform (nn.Linear's default) | kaiming_uniform
+    # (U(+-sqrt(3/fan_in)), bias 0: PyCIL's head)
 
 
 @dataclass
@@ -86,7 +94,8 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up before the schedule
     crop_padding: int = 4  # random crop with this zero padding (0 disables)
     flip: bool = True  # random horizontal flip
-    color_jitter: float = 0.0  # brightness/contrast/saturation jitter strength (0 disables)
+    color_jitter: Union[float, list] = 0.0  # brightness/contrast/saturation jitter strength (0 disables), or
+    # [brightness, contrast, saturation] strengths ([0.247, 0, 0]: PyCIL's ColorJitter(brightness=63/255))
     resized_crop: bool = False  # random resized crop (scale 0.35-1) instead of padded crop
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
     channels_last: bool = True  # NHWC activations: +20% training, +50% eval on CPU; faster convs on GPU
@@ -128,6 +137,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
     method: dict = field(default_factory=lambda: {"name": "finetune"})  # name + that method's own options
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -150,6 +160,8 @@ _CHOICES = {
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
     "backbone.block": ("basic", "bottleneck"),
+    "backbone.shortcut": ("conv", "pad"),
+    "head.init": ("uniform", "kaiming_uniform"),
     "backbone.norm": ("bn", "cn", "gn"),
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
     "two_stage.head": ("new", "all", "none"),
@@ -160,7 +172,7 @@ _NON_NEGATIVE = {
     "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs",
     "train.initial_batch_size", "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
-    "train.color_jitter", "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
+    "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
@@ -273,6 +285,12 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             )
     if isinstance(order, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
         raise ConfigError(f"{where}scenario.order: an explicit order must be a list of integer class ids.")
+    jitter = cfg.train.color_jitter
+    values = jitter if isinstance(jitter, list) else [jitter]
+    if (isinstance(jitter, list) and len(jitter) != 3) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(f"{where}train.color_jitter: {jitter!r} must be a strength >= 0 or a list of three "
+                          "(brightness, contrast, saturation), e.g. [0.247, 0, 0].")
     for key in ("milestones", "initial_milestones"):
         value = getattr(cfg.train, key)
         if value is not None and not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value):

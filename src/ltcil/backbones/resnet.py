@@ -25,10 +25,27 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def projection(in_planes: int, out_planes: int, stride: int) -> Optional[nn.Module]:
-    """Option-B shortcut: a 1x1 conv + BN where the shape changes, the identity elsewhere (None)."""
+class PadShortcut(nn.Module):
+    """He et al. 2016, Sec. 4.2, option A: a parameter-free shortcut that subsamples by `stride` and pads the
+    extra channels with zeros (the CIFAR ResNets of the original paper and of PyCIL's resnet32)."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.extra = out_planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return torch.nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+def projection(in_planes: int, out_planes: int, stride: int, kind: str = "conv") -> Optional[nn.Module]:
+    """The shortcut where the shape changes, the identity elsewhere (None). kind "conv": option B, a 1x1 conv
+    + BN; "pad": option A (PadShortcut), which needs out_planes >= in_planes."""
     if stride == 1 and in_planes == out_planes:
         return None
+    if kind == "pad":
+        return PadShortcut(in_planes, out_planes, stride)
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
@@ -37,14 +54,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "conv"):
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = projection(in_planes, planes, stride)
+        self.shortcut = projection(in_planes, planes, stride, shortcut)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -65,7 +82,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "conv"):
         super().__init__()
         out_planes = planes * self.expansion
         self.conv1 = conv1x1(in_planes, planes)
@@ -75,7 +92,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, out_planes)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = projection(in_planes, out_planes, stride)
+        self.shortcut = projection(in_planes, out_planes, stride, shortcut)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -122,6 +139,7 @@ class ResNet(nn.Module):
         stem: nn.Module,
         stem_width: int,
         zero_init_residual: bool = False,
+        shortcut: str = "conv",
     ):
         super().__init__()
         self.stem = stem
@@ -131,7 +149,7 @@ class ResNet(nn.Module):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n_blocks):
-                blocks.append(block(in_planes, planes, stride if j == 0 else 1))
+                blocks.append(block(in_planes, planes, stride if j == 0 else 1, shortcut))
                 in_planes = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -165,22 +183,23 @@ class ResNet(nn.Module):
 SMALL_IMAGE_MAX = 64
 
 
-def imagenet_resnet(block: Block, layers: Sequence[int], in_channels: int, image_size: int) -> ResNet:
+def imagenet_resnet(block: Block, layers: Sequence[int], in_channels: int, image_size: int,
+                    shortcut: str = "conv") -> ResNet:
     """ImageNet layout (widths 64/128/256/512). With `image_size` given and <= 64 the stem is swapped for a
     3x3 stride-1 conv without max-pool, as PyCIL-style setups do to run resnet18 on 32-px CIFAR images;
     with image_size 0 (unknown) or > 64 the standard 7x7 stride-2 + max-pool stem is used."""
     small = bool(image_size) and image_size <= SMALL_IMAGE_MAX
     stem = cifar_stem(in_channels, 64) if small else imagenet_stem(in_channels, 64)
-    return ResNet(block, layers, (64, 128, 256, 512), stem, stem_width=64)
+    return ResNet(block, layers, (64, 128, 256, 512), stem, stem_width=64, shortcut=shortcut)
 
 
 @register_backbone("resnet18")
 def build_resnet18(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
     """ResNet-18: [2, 2, 2, 2] basic blocks, 512-d features (cfg.block is ignored)."""
-    return imagenet_resnet(BasicBlock, (2, 2, 2, 2), in_channels, image_size)
+    return imagenet_resnet(BasicBlock, (2, 2, 2, 2), in_channels, image_size, cfg.shortcut)
 
 
 @register_backbone("resnet50")
 def build_resnet50(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
     """ResNet-50: [3, 4, 6, 3] bottleneck blocks, 2048-d features (cfg.block is ignored)."""
-    return imagenet_resnet(Bottleneck, (3, 4, 6, 3), in_channels, image_size)
+    return imagenet_resnet(Bottleneck, (3, 4, 6, 3), in_channels, image_size, cfg.shortcut)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 class AugmentSpec:
     crop_padding: int = 4
     flip: bool = True
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    color_jitter: float | tuple = 0.0  # brightness/contrast/saturation strength, or one strength each
     resized_crop: bool = False
     crop_scale: tuple = (0.35, 1.0)  # area range of the resized crop
     hue: float = 0.0  # hue jitter: rotation by up to hue * 360 degrees (torchvision's hue, max 0.5)
@@ -88,19 +88,30 @@ def rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bjhw->bihw", matrix, x)
 
 
-def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator, hue: float = 0.0,
+def jitter_strengths(strength) -> tuple[float, float, float]:
+    """(brightness, contrast, saturation) from one strength for all three or a sequence of three."""
+    if isinstance(strength, (int, float)):
+        return (float(strength),) * 3
+    return tuple(float(v) for v in strength)
+
+
+def color_jitter(x: torch.Tensor, strength, gen: torch.Generator, hue: float = 0.0,
                  prob: float = 1.0) -> torch.Tensor:
-    """Brightness, contrast and saturation factors drawn per sample in [1-s, 1+s], hue rotated by up to
-    +-hue turns, on a `prob` share of the images; x in [0, 1]."""
+    """Brightness, contrast and saturation factors drawn per sample in [1-s, 1+s] (`strength`: one s for all
+    three, or (s_b, s_c, s_s); a zero strength skips that op), hue rotated by up to +-hue turns, on a `prob`
+    share of the images; x in [0, 1]. Brightness alone is torchvision's ColorJitter(brightness=s)."""
     b = x.shape[0]
+    s_b, s_c, s_s = jitter_strengths(strength)
     r = torch.rand(b, 5, generator=gen, device=gen.device).to(x.device)
-    f = (1 + strength * (2 * r[:, :3] - 1)).view(b, 3, 1, 1, 1)
-    out = x * f[:, 0]
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * f[:, 1] + mean
+    f = (1 + r.new_tensor([s_b, s_c, s_s]) * (2 * r[:, :3] - 1)).view(b, 3, 1, 1, 1)
+    out = x * f[:, 0] if s_b > 0 else x
+    if s_c > 0:
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean) * f[:, 1] + mean
     if x.shape[1] == 3:
-        gray = _gray(out)
-        out = (out - gray) * f[:, 2] + gray
+        if s_s > 0:
+            gray = _gray(out)
+            out = (out - gray) * f[:, 2] + gray
         if hue > 0:
             out = rotate_hue(out.clamp(0, 1), (2 * r[:, 3] - 1) * hue * 2 * torch.pi)
     out = out.clamp(0, 1)
@@ -129,6 +140,6 @@ def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
     """Photometric and resampling augmentation on floats in [0, 1]."""
     if spec.resized_crop:
         x = random_resized_crop(x, gen, scale=spec.crop_scale)
-    if spec.color_jitter > 0 or spec.hue > 0:
+    if any(jitter_strengths(spec.color_jitter)) or spec.hue > 0:
         x = color_jitter(x, spec.color_jitter, gen, spec.hue, spec.jitter_prob)
     return random_grayscale(x, spec.grayscale, gen)

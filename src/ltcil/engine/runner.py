@@ -19,6 +19,7 @@ from ..config import Config, dump_config
 from ..data.loader import DeviceData
 from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
+from ..heads.linear import IncrementalLinear
 from ..methods.base import IncrementalNet, train_class_counts
 from ..methods.two_stage import CLASSIFIER as TWO_STAGE
 from ..methods.two_stage import TwoStage, check_method
@@ -67,7 +68,8 @@ def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.d
     options = method_cls.parse_options(cfg.method)
 
     def new_model() -> IncrementalNet:
-        return IncrementalNet(build_backbone(cfg.backbone, in_channels, image_size))
+        backbone = build_backbone(cfg.backbone, in_channels, image_size)
+        return IncrementalNet(backbone, IncrementalLinear(backbone.num_features, init=cfg.head.init))
 
     method = method_cls(new_model(), options, cfg, device)
     if cfg.two_stage.enabled:  # Liu et al.'s second stage after every task, reported as the headline

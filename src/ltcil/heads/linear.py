@@ -14,11 +14,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class IncrementalLinear(nn.Module):
-    """logits = x W^T + b over every class added so far; starts with `num_classes` (default 0) rows."""
+INITS = ("uniform", "kaiming_uniform")
 
-    def __init__(self, in_features: int, num_classes: int = 0, bias: bool = True):
+
+class IncrementalLinear(nn.Module):
+    """logits = x W^T + b over every class added so far; starts with `num_classes` (default 0) rows.
+    `init` of new rows: "uniform", nn.Linear's default; "kaiming_uniform", U(+-sqrt(3 / fan_in)) with a zero
+    bias (PyCIL's SimpleLinear)."""
+
+    def __init__(self, in_features: int, num_classes: int = 0, bias: bool = True, init: str = "uniform"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown head init {init!r}; expected one of {', '.join(INITS)}")
+        self.init = init
         self.in_features = in_features
         self.weight = nn.Parameter(torch.empty(0, in_features))
         self.bias = nn.Parameter(torch.empty(0)) if bias else None
@@ -56,8 +64,15 @@ class IncrementalLinear(nn.Module):
             self.bias = nn.Parameter(bias, requires_grad=self.bias.requires_grad)
 
     def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """nn.Linear's default: kaiming_uniform(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-        bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
+        """nn.Linear's default: kaiming_uniform(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+        weights and bias; kaiming_uniform with gain 1: U(-sqrt(3/fan_in), sqrt(3/fan_in)), bias 0."""
+        fan_in = max(self.in_features, 1)
+        if self.init == "kaiming_uniform":
+            weight.uniform_(-math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
+            if bias is not None:
+                bias.zero_()
+            return
+        bound = 1.0 / math.sqrt(fan_in) if self.in_features else 0.0
         weight.uniform_(-bound, bound)
         if bias is not None:
             bias.uniform_(-bound, bound)
