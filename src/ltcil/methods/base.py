@@ -110,13 +110,16 @@ class Method:
         """Named losses for one batch; the engine optimises losses["loss"]."""
         return {"loss": self.classification_loss(self.model(x), y)}
 
-    def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def classification_loss(self, logits: torch.Tensor, y: torch.Tensor, first: int = 0) -> torch.Tensor:
         """The CE term of the main training, long-tail aware when `train.loss` says so. `train_counts` (images
-        per class of what this task trains on, set by the engine before training) gives the prior."""
+        per class of what this task trains on, set by the engine before training) gives the prior. `first`:
+        only the logits of classes >= first take part (a task-local CE; every label must be >= first)."""
+        if first:
+            logits, y = logits[:, first:], y - first
         kind = self.cfg.train.loss
         if kind == "ce":
             return F.cross_entropy(logits, y)
-        counts = self.train_counts[: logits.shape[1]].to(logits.device)
+        counts = self.train_counts[first : first + logits.shape[1]].to(logits.device)
         if kind == "balanced_softmax":
             return balanced_softmax_loss(logits, y, counts)
         return F.cross_entropy(logits, y, weight=class_balanced_weights(counts, self.cfg.train.cb_beta))

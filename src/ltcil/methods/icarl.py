@@ -1,11 +1,15 @@
-"""iCaRL (Rebuffi et al., CVPR 2017): sigmoid/BCE distillation, herding exemplars, nearest-mean-of-exemplars."""
+"""iCaRL (Rebuffi et al., CVPR 2017): sigmoid/BCE distillation, herding exemplars, nearest-mean-of-exemplars.
+
+`method.loss: ce_kd` trains instead with softmax CE over the seen classes + KD(T) on the old classes' logits,
+as PyCIL's iCaRL (models/icarl.py); exemplars and the NME classifier are the same."""
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..losses.distillation import sigmoid_targets_bce
+from ..errors import ConfigError
+from ..losses.distillation import kd_loss, sigmoid_targets_bce
 from ..registry import register_method
 from .distillation_base import TeacherMethod
 
@@ -13,6 +17,10 @@ from .distillation_base import TeacherMethod
 @dataclass
 class ICaRLOptions:
     nme_flip: bool = True  # Alg. 2 / official code: class means also over horizontally flipped exemplars
+    # bce: Alg. 3's sigmoid BCE with the old model's outputs as targets for the old classes (the paper);
+    # ce_kd: CE + KD at temperature T on the old logits, no T^2 (PyCIL's recipe; train.loss applies to its CE)
+    loss: str = "bce"
+    T: float = 2.0  # ce_kd: distillation temperature
 
 
 @register_method("icarl")
@@ -24,10 +32,24 @@ class ICaRL(TeacherMethod):
         super().__init__(model, options, cfg, device)
         self.class_means = torch.zeros(0, model.backbone.num_features, device=device)
 
+    @classmethod
+    def check(cls, options, cfg):
+        if options.loss not in ("bce", "ce_kd"):
+            raise ConfigError(f"method.loss: {options.loss!r} is not one of bce (the paper's), ce_kd (PyCIL's).")
+        if options.loss == "bce" and cfg.train.loss != "ce":
+            raise ConfigError(f"train.loss: {cfg.train.loss!r} has no effect with iCaRL's method.loss=bce (sigmoid "
+                              "targets); use method.loss=ce_kd for a CE-based iCaRL, or train.loss=ce.")
+
     def training_step(self, x, y):
         logits = self.model(x)
         old = self.teacher_logits(x) if self.teacher is not None else None
-        return {"loss": sigmoid_targets_bce(logits, y, old, self.num_outputs)}
+        if self.options.loss == "bce":
+            return {"loss": sigmoid_targets_bce(logits, y, old, self.num_outputs)}
+        ce = self.classification_loss(logits, y)
+        if old is None:
+            return {"loss": ce, "ce": ce}
+        kd = kd_loss(logits[:, : self.old_classes], old, self.options.T)
+        return {"loss": ce + kd, "ce": ce, "kd": kd}
 
     def end_task(self, task, ctx):
         self.update_memory(task, ctx)  # Alg. 3: reduce old sets, construct new sets
