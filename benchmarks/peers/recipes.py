@@ -1,0 +1,201 @@
+"""Which ltcil config reproduces which peer recipe, how a short parity schedule is set on both sides, and how
+the two toolkits' figures are compared. Pure functions: no peer is imported, so the tests run without them.
+
+A peer recipe is the peer's own method file with its own hyper-parameters (PyCIL: models/<method>.py and
+exps/<method>.json at the pinned commit; Avalanche: the strategy with the continual-learning-baselines
+recipe where one exists). Its ltcil config sets every difference the peer's code makes (loss form, schedule,
+augmentation, network details); the comments of each config list them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Seeds in the order --seeds N takes them: 1993 is iCaRL's class order, the one every peer ships.
+SEEDS = (1993, 1, 2, 3, 4, 5, 6, 7)
+PYCIL_COMMIT = "87cc4110d60765dc3f64af7ef7a693efed8418ff"
+TOLERANCE = 1.0  # points of average incremental accuracy; the seed spread replaces it when larger
+
+
+@dataclass(frozen=True)
+class Recipe:
+    peer: str
+    method: str  # the name both harness and peer adapter use
+    config: str  # the shipped ltcil config that reproduces the peer's recipe
+    classifiers: dict  # peer classifier name -> ltcil classifier name
+    epoch_keys: tuple = ("train.epochs", "train.initial_epochs")  # ltcil keys the short schedule sets
+    extra: tuple = ()  # further ltcil overrides the parity run needs
+    notes: str = ""
+
+
+_ALL = (
+    Recipe("pycil", "finetune", "finetune_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
+    Recipe("pycil", "lwf", "lwf_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
+    Recipe("pycil", "icarl", "icarl_resnet32_cifar100_b0inc10_pycil", {"nme": "nme", "cnn": "linear"}),
+    # PyCIL's BiC runs its bias-correction stage for as many epochs as the first stage (one global)
+    Recipe("pycil", "bic", "bic_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"},
+           epoch_keys=("train.epochs", "train.initial_epochs", "method.bias_epochs")),
+    Recipe("avalanche", "naive", "finetune_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
+    Recipe("avalanche", "lwf", "lwf_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
+    Recipe("avalanche", "icarl", "icarl_resnet32_cifar100_b0inc10_avalanche", {"nme": "nme"}),
+)
+RECIPES: dict[tuple[str, str], Recipe] = {(r.peer, r.method): r for r in _ALL}
+
+
+def peer_methods(peer: str) -> list[str]:
+    return [m for (p, m) in RECIPES if p == peer]
+
+
+def recipe(peer: str, method: str) -> Recipe:
+    if (peer, method) not in RECIPES:
+        raise KeyError(f"no {peer} recipe for {method!r}; {peer} has: {', '.join(peer_methods(peer)) or 'none'}")
+    return RECIPES[(peer, method)]
+
+
+def seed_list(count: int = 0, explicit: list | None = None) -> list[int]:
+    """Explicit seeds, else the first `count` of SEEDS."""
+    if explicit:
+        return [int(s) for s in explicit]
+    if not 1 <= count <= len(SEEDS):
+        raise ValueError(f"--seeds: {count} is not between 1 and {len(SEEDS)} (or give --seed-list)")
+    return list(SEEDS[:count])
+
+
+def class_order(seed: int, num_classes: int = 100) -> list[int]:
+    """The order PyCIL and iCaRL draw: numpy.random.seed(seed); numpy.random.permutation(num_classes)."""
+    return np.random.RandomState(seed).permutation(num_classes).tolist()
+
+
+def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: str, increment: int = 10,
+                    threads: int = 0) -> list[str]:
+    """Overrides that turn the recipe's config into the parity run: the short schedule on every epoch key,
+    the seed, the peer's class order for that seed (cut to the first `tasks` tasks), no report or tracker."""
+    order = class_order(seed)
+    if tasks:
+        order = order[: tasks * increment]
+    out = [f"{key}={epochs}" for key in rec.epoch_keys]
+    out += [f"seed={seed}", "scenario.order=[" + ",".join(map(str, order)) + "]", f"data.root={data_root}",
+            "log.report=never", "train.progress=false", *rec.extra]
+    if threads:
+        out.append(f"train.threads={threads}")
+    return out
+
+
+def ltcil_record(results: dict, rec: Recipe, seed: int, wall_s: float) -> dict:
+    """A finished ltcil run (results.json) as a parity record: per-task top-1 of each compared classifier, in
+    the peer's names."""
+    headline = results["headline_classifier"]
+    per_classifier = {}
+    for peer_name, name in rec.classifiers.items():
+        key = f"accuracy_{name}"
+        if key in results:
+            per_classifier[peer_name] = results[key]
+        elif name == headline:
+            per_classifier[peer_name] = results["accuracy"]
+        else:
+            raise KeyError(f"ltcil results have no classifier {name!r} (headline {headline!r})")
+    return {"toolkit": "ltcil", "method": rec.method, "seed": seed, "accuracy": per_classifier, "wall_s": wall_s}
+
+
+def peer_record(raw: dict, rec: Recipe, wall_s: float) -> dict:
+    """A peer adapter's output ({"tasks": [{"cnn": .., "nme": ..}, ...]}) as a parity record."""
+    per_classifier = {name: [t[name] for t in raw["tasks"]] for name in rec.classifiers}
+    return {"toolkit": rec.peer, "method": rec.method, "seed": raw["seed"], "accuracy": per_classifier,
+            "wall_s": wall_s, "commit": raw.get("commit")}
+
+
+def average(values: list) -> float:
+    return float(sum(values) / len(values))
+
+
+@dataclass
+class Row:
+    method: str
+    classifier: str
+    seeds: list
+    peer: list = field(default_factory=list)  # average incremental accuracy per seed
+    ltcil: list = field(default_factory=list)
+    peer_wall: list = field(default_factory=list)
+    ltcil_wall: list = field(default_factory=list)
+
+    @property
+    def gap(self) -> float:
+        return average(self.ltcil) - average(self.peer)
+
+    @property
+    def spread(self) -> float:
+        """The larger of the two toolkits' ranges over seeds (0 with one seed)."""
+        return max(max(v) - min(v) for v in (self.peer, self.ltcil))
+
+    @property
+    def tolerance(self) -> float:
+        return max(TOLERANCE, self.spread)
+
+    @property
+    def agrees(self) -> bool:
+        return abs(self.gap) <= self.tolerance
+
+    @property
+    def time_ratio(self) -> float | None:
+        if not self.peer_wall or not self.ltcil_wall:
+            return None
+        return average(self.ltcil_wall) / average(self.peer_wall)
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "classifier": self.classifier, "seeds": self.seeds,
+                "peer_aia": self.peer, "ltcil_aia": self.ltcil, "peer_mean": average(self.peer),
+                "ltcil_mean": average(self.ltcil), "gap": self.gap, "spread": self.spread,
+                "tolerance": self.tolerance, "agrees": self.agrees, "peer_wall_s": self.peer_wall,
+                "ltcil_wall_s": self.ltcil_wall, "time_ratio": self.time_ratio}
+
+
+def summarise(records: list[dict]) -> list[Row]:
+    """One row per (method, classifier) over the seeds both toolkits finished, in first-seen order."""
+    by_key: dict = {}
+    for r in records:
+        by_key[(r["toolkit"] == "ltcil", r["method"], r["seed"])] = r
+    rows: list[Row] = []
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    for method in methods:
+        seeds = [s for (is_ltcil, m, s) in by_key if is_ltcil and m == method and (False, m, s) in by_key]
+        if not seeds:
+            continue
+        classifiers = by_key[(False, method, seeds[0])]["accuracy"].keys()
+        for name in classifiers:
+            row = Row(method, name, seeds)
+            for s in seeds:
+                peer, ours = by_key[(False, method, s)], by_key[(True, method, s)]
+                row.peer.append(average(peer["accuracy"][name]))
+                row.ltcil.append(average(ours["accuracy"][name]))
+                row.peer_wall.append(peer["wall_s"])
+                row.ltcil_wall.append(ours["wall_s"])
+            rows.append(row)
+    return rows
+
+
+def _fmt(values: list, digits: int = 2) -> str:
+    return "/".join(f"{v:.{digits}f}" for v in values)
+
+
+def format_table(rows: list[Row], peer: str) -> str:
+    """A fixed-width table: per-seed and mean average incremental accuracy, gap, tolerance, verdict, times."""
+    head = (f"{'method':<9} {'clf':<4} {'seeds':<9} {peer + ' AIA':>17} {'ltcil AIA':>17} {'gap':>6} {'tol':>5}"
+            f" {'verdict':<8} {peer + ' s':>10} {'ltcil s':>10} {'ratio':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = "-" if r.time_ratio is None else f"{r.time_ratio:.2f}"
+        lines.append(
+            f"{r.method:<9} {r.classifier:<4} {_fmt(r.seeds, 0):<9} "
+            f"{_fmt(r.peer, 1) + f' ={average(r.peer):.2f}':>17} {_fmt(r.ltcil, 1) + f' ={average(r.ltcil):.2f}':>17} "
+            f"{r.gap:>+6.2f} {r.tolerance:>5.2f} {'agrees' if r.agrees else 'GAP':<8} "
+            f"{average(r.peer_wall):>10.0f} {average(r.ltcil_wall):>10.0f} {ratio:>6}")
+    return "\n".join(lines)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+

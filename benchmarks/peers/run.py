@@ -1,0 +1,154 @@
+"""Peer parity: run a peer toolkit and ltcil on the same class-incremental scenario and print both side by side.
+
+    python benchmarks/peers/run.py --peer pycil --pycil ../peers/pycil --peer-python ../peers/venv-pycil/bin/python \
+        --methods finetune lwf icarl bic --epochs 5 --seeds 2 --tasks 4 --data ../shared/data --out runs/parity_pycil
+    python benchmarks/peers/run.py --peer avalanche --peer-python ../peers/venv-avalanche/bin/python \
+        --methods naive lwf icarl --epochs 5 --seeds 2 --tasks 4 --data ../shared/data --out runs/parity_avalanche
+
+For every method and seed the peer runs first (its adapter, in the peer's own venv, from an unmodified checkout
+or the installed package), then ltcil (`python -m ltcil run <recipe config> <overrides>` in this venv), one
+after the other, never side by side: each process's wall time is measured from start to exit. Finished runs are
+kept in --out and not run again (--rerun to force), so an interrupted comparison continues where it stopped.
+
+Prints a table (average incremental accuracy per seed and mean, gap, tolerance, verdict, wall times and the
+ltcil/peer time ratio) and writes --out/records.jsonl (one line per run) and --out/summary.jsonl (one line
+per method and classifier). Not run by the test suite; tests/test_peers.py tests the harness's own logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipes  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ADAPTERS = {"pycil": HERE / "pycil_adapter.py", "avalanche": HERE / "avalanche_adapter.py"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peer", required=True, choices=sorted(ADAPTERS))
+    p.add_argument("--methods", nargs="+", default=None, help="default: every method the peer has a recipe for")
+    p.add_argument("--epochs", type=int, default=5, help="epochs of every task, on both sides")
+    p.add_argument("--seeds", type=int, default=2, help="the first N of " + ", ".join(map(str, recipes.SEEDS)))
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (class orders)")
+    p.add_argument("--tasks", type=int, default=4, help="stop both toolkits after this many tasks (0: all 10)")
+    p.add_argument("--data", default="../shared/data", help="folder with cifar-100-python.tar.gz")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--peer-python", default=None, help="the peer venv's python (required unless --only ltcil)")
+    p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: all cores)")
+    p.add_argument("--only", choices=("both", "peer", "ltcil"), default="both")
+    p.add_argument("--rerun", action="store_true", help="run again even where a result is stored")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    args.methods = args.methods or recipes.peer_methods(args.peer)
+    args.data = str(Path(args.data).resolve())
+    try:
+        args.recipes = [recipes.recipe(args.peer, m) for m in args.methods]
+        args.seed_values = recipes.seed_list(args.seeds, args.seed_list)
+    except (KeyError, ValueError) as exc:
+        p.error(str(exc).strip("'\""))
+    if args.epochs < 1:
+        p.error(f"--epochs: {args.epochs} must be >= 1")
+    if args.tasks < 0 or args.tasks > 10:
+        p.error(f"--tasks: {args.tasks} must be between 0 (all) and 10")
+    if args.only != "ltcil" and not args.dry_run:
+        if not args.peer_python:
+            p.error("--peer-python: the python of the peer's venv is required to run the peer")
+        if args.peer == "pycil" and (args.pycil is None or not (args.pycil / "main.py").exists()):
+            p.error(f"--pycil: {args.pycil} is not a PyCIL checkout (no main.py there)")
+    return args
+
+
+def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[str]:
+    cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--method", rec.method,
+           "--epochs", str(args.epochs), "--tasks", str(args.tasks), "--seed", str(seed), "--data", str(args.data),
+           "--out", str(out_json)]
+    if args.peer == "pycil":
+        cmd += ["--pycil", str(args.pycil)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    return cmd
+
+
+def ltcil_command(args, rec: recipes.Recipe, seed: int, run_dir: Path) -> list[str]:
+    overrides = recipes.ltcil_overrides(rec, args.epochs, seed, args.tasks, args.data, threads=args.threads)
+    return [sys.executable, "-m", "ltcil", "run", rec.config, *overrides, "--out", str(run_dir), "--force",
+            "--quiet"]
+
+
+def timed(cmd: list[str], log: Path) -> float:
+    """Run `cmd` to completion with its output in `log`; its wall time in seconds."""
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed with exit code {proc.returncode} (log: {log}):\n  {' '.join(cmd)}")
+    return wall
+
+
+def run_one(args, rec: recipes.Recipe, seed: int) -> list[dict]:
+    """The peer's and ltcil's records for one (method, seed), running what is not stored yet."""
+    out = args.out
+    tag = f"{rec.method}_s{seed}_e{args.epochs}_t{args.tasks}"
+    records = []
+    if args.only in ("both", "peer"):
+        stored = out / f"{args.peer}_{tag}.record.json"
+        if args.rerun or not stored.exists():
+            raw_path = out / f"{args.peer}_{tag}.json"
+            cmd = peer_command(args, rec, seed, raw_path)
+            print(f"[{args.peer}] {rec.method} seed {seed}: {' '.join(cmd)}", flush=True)
+            if not args.dry_run:
+                wall = timed(cmd, out / f"{args.peer}_{tag}.log")
+                stored.write_text(json.dumps(recipes.peer_record(recipes.read_json(raw_path), rec, wall)))
+        if stored.exists():
+            records.append(recipes.read_json(stored))
+    if args.only in ("both", "ltcil"):
+        stored = out / f"ltcil_{args.peer}_{tag}.record.json"
+        if args.rerun or not stored.exists():
+            run_dir = out / f"ltcil_{args.peer}_{tag}"
+            cmd = ltcil_command(args, rec, seed, run_dir)
+            print(f"[ltcil] {rec.method} seed {seed}: {' '.join(cmd)}", flush=True)
+            if not args.dry_run:
+                wall = timed(cmd, out / f"ltcil_{args.peer}_{tag}.log")
+                results = recipes.read_json(run_dir / "results.json")
+                stored.write_text(json.dumps(recipes.ltcil_record(results, rec, seed, wall)))
+        if stored.exists():
+            records.append(recipes.read_json(stored))
+    return records
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for rec in args.recipes:
+        for seed in args.seed_values:
+            records += run_one(args, rec, seed)
+    if args.dry_run:
+        return
+    with open(args.out / "records.jsonl", "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    rows = recipes.summarise(records)
+    with open(args.out / "summary.jsonl", "w") as fh:
+        for row in rows:
+            fh.write(json.dumps({"peer": args.peer, "epochs": args.epochs, "tasks": args.tasks, **row.as_dict()})
+                     + "\n")
+    print()
+    print(recipes.format_table(rows, args.peer))
+    print(f"\naverage incremental accuracy over the first {args.tasks or 10} tasks of CIFAR-100 B0-Inc10, "
+          f"{args.epochs} epochs per task; tol = max({recipes.TOLERANCE}, seed spread); wall: whole process, s")
+
+
+if __name__ == "__main__":
+    main()
