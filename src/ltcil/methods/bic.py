@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..heads.bias import TaskBiasCorrection
 from ..losses.distillation import kd_loss
 from ..registry import register_method
@@ -26,14 +27,21 @@ class BiCOptions:
     bias_milestones: list = dataclasses.field(default_factory=lambda: [60, 120, 160, 180])
     bias_batch_size: int = 256
     shift_penalty: float = 0.1  # released code: 0.1 * beta^2 / 2 on the shift only
+    # PyCIL's bic.py differs from the paper's code in these; each is here so its recipe can be run exactly:
+    keep_corrections: bool = False  # True: every task's fitted pair stays on its classes in every later forward
+    # pass, the training of later tasks included (PyCIL); False: only the newest task's pair (Sec. 5, Eq. 4)
+    bias_loss: str = "ce"  # ce: Eq. 5; softmax_ce: CE applied to the softmax of the corrected logits (PyCIL)
+    bias_weight_decay: float = 0.0  # on the scale and shift (PyCIL: the stage-1 weight decay, 2e-4)
+    bias_augment: bool = False  # validation images augmented as in training (PyCIL) or not (the paper's code)
+    bias_bn: str = "eval"  # eval: BatchNorm frozen in the stage; train: batch statistics, running ones updated (PyCIL)
 
 
 class BiCNet(IncrementalNet):
     """IncrementalNet whose logits pass through the per-task bias correction (so the teacher is corrected too)."""
 
-    def __init__(self, backbone, head):
+    def __init__(self, backbone, head, keep_all: bool = False):
         super().__init__(backbone, head)
-        self.bias = TaskBiasCorrection()
+        self.bias = TaskBiasCorrection(keep_all)
 
     def forward_uncorrected(self, x):
         return self.head(self.backbone.forward_features(x))
@@ -47,9 +55,21 @@ class BiC(TeacherMethod):
     Options = BiCOptions
 
     def __init__(self, model, options, cfg, device):
-        super().__init__(BiCNet(model.backbone, model.head), options, cfg, device)
+        super().__init__(BiCNet(model.backbone, model.head, options.keep_corrections), options, cfg, device)
         self.val_indices = np.zeros(0, dtype=np.int64)
         self.held_out: dict = {}  # new-class validation indices of the current task
+
+    @classmethod
+    def check(cls, options, cfg):
+        if options.bias_loss not in ("ce", "softmax_ce"):
+            raise ConfigError(f"method.bias_loss: {options.bias_loss!r} is not one of ce, softmax_ce.")
+        if options.bias_bn not in ("eval", "train"):
+            raise ConfigError(f"method.bias_bn: {options.bias_bn!r} is not one of eval, train.")
+
+    def trainable_parameters(self):
+        """The first stage trains network and head; the correction pairs learn only in the second."""
+        frozen = {id(p) for p in self.model.bias.parameters()}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in frozen]
 
     def begin_task(self, task, ctx):
         super().begin_task(task, ctx)
@@ -89,7 +109,8 @@ class BiC(TeacherMethod):
         return np.concatenate([new, old_train])
 
     def training_step(self, x, y):
-        logits = self.model.forward_uncorrected(x)  # the newest task is uncorrected while it trains
+        # the newest task is uncorrected while it trains (its pair is still the identity with keep_corrections)
+        logits = self.model(x) if self.options.keep_corrections else self.model.forward_uncorrected(x)
         ce = self.classification_loss(logits, y)
         if self.teacher is None:
             return {"loss": ce, "ce": ce}
@@ -107,33 +128,37 @@ class BiC(TeacherMethod):
         _, old_val = self._old_split()
         self.val_indices = np.concatenate([old_val, *self.held_out.values()])
         accuracy_before = self._val_accuracy(ctx, corrected=False)
-        bias, model = self.model.bias, self.model
+        bias, model, opt = self.model.bias, self.model, self.options
+        scale = torch.nn.Parameter(bias.alpha.detach()[-1].clone())
+        shift = torch.nn.Parameter(bias.beta.detach()[-1].clone())
         for p in model.parameters():
             p.requires_grad_(False)
-        # Only the newest pair is applied (heads/bias.py), so only it receives gradient; pairs are 1-d tensors
-        # that grow each task, hence the whole tensors are handed to the optimiser.
-        bias.alpha.requires_grad_(True)
-        bias.beta.requires_grad_(True)
-        penalty = self.options.shift_penalty
 
         def step(x, y):
             with torch.no_grad():
-                logits = model.forward_uncorrected(x)
-            ce = F.cross_entropy(bias(logits), y)
-            return {"loss": ce + penalty * bias.beta[-1] ** 2 / 2, "ce": ce}
+                raw = model.forward_uncorrected(x)
+            logits = bias(raw, newest=(scale, shift))
+            if opt.bias_loss == "softmax_ce":  # PyCIL: cross-entropy of the probabilities (a double softmax)
+                logits = logits.softmax(1)
+            ce = F.cross_entropy(logits, y)
+            return {"loss": ce + opt.shift_penalty * shift ** 2 / 2, "ce": ce}
 
         stage = dataclasses.replace(
-            self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="step",
-            milestones=self.options.bias_milestones, gamma=0.1, warmup_epochs=0,
-            batch_size=self.options.bias_batch_size,
+            self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=opt.bias_weight_decay, schedule="step",
+            milestones=opt.bias_milestones, gamma=0.1, warmup_epochs=0, batch_size=opt.bias_batch_size,
         )
-        model.eval()  # frozen network: BatchNorm uses (and keeps) its running statistics
+        train_bn = opt.bias_bn == "train"
+        model.train(train_bn)  # eval: the frozen network's BatchNorm uses (and keeps) its running statistics
         try:
-            ctx.fit(step, [bias.alpha, bias.beta], self.val_indices, stage, epochs=self.options.bias_epochs,
-                    lr=self.options.bias_lr, name="bias correction", augment=False)
+            ctx.fit(step, [scale, shift], self.val_indices, stage, epochs=opt.bias_epochs, lr=opt.bias_lr,
+                    name="bias correction", augment=opt.bias_augment, modules=[model] if train_bn else ())
         finally:
             for p in model.parameters():
                 p.requires_grad_(True)
+            model.eval()
+        with torch.no_grad():
+            bias.alpha[-1] = scale
+            bias.beta[-1] = shift
         newest = bias.num_tasks - 1
         ctx.events.write({"event": "bias_correction", "task": task.index, **bias.pairs()[newest],
                           "val_accuracy_before": accuracy_before,
