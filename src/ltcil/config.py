@@ -48,6 +48,7 @@ class ScenarioConfig:
     val_per_class: int = 0  # balanced validation: this many images per class, first from the images the
     # long-tail subsampling left out (so the training profile is untouched), else carved from training images
     seed: int = 0  # scenario randomness (long-tail subsampling, validation split), separate from training
+    max_tasks: int = 0  # run only the first N tasks of the scenario (a quick check of a long one); 0: all
 
 
 @dataclass
@@ -55,6 +56,7 @@ class BackboneConfig:
     name: str = "resnet32"
     block: str = "basic"  # resnet_cifar: basic | bottleneck
     shortcut: str = "conv"  # resnets: conv (1x1 conv + BN where the shape changes) | pad (parameter-free, option A)
+    last_relu: bool = True  # resnets: False ends the last block without its ReLU (LUCIR; iCaRL's and Avalanche's net)
     norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN) | gn
     norm_groups: int = 4  # cn / gn: groups of the GroupNorm (CCSI's gn_size default)
 
@@ -169,7 +171,7 @@ _CHOICES = {
 }
 
 _NON_NEGATIVE = {
-    "scenario.initial", "scenario.val_per_class", "memory.size", "memory.per_class", "train.initial_epochs",
+    "scenario.initial", "scenario.val_per_class", "scenario.max_tasks", "memory.size", "memory.per_class", "train.initial_epochs",
     "train.initial_batch_size", "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
     "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",

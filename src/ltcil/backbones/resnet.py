@@ -62,6 +62,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = projection(in_planes, planes, stride, shortcut)
+        self.final_relu = True
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -71,7 +72,8 @@ class BasicBlock(nn.Module):
         identity = x if self.shortcut is None else self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out = out + identity
+        return self.relu(out) if self.final_relu else out
 
 
 class Bottleneck(nn.Module):
@@ -93,6 +95,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = projection(in_planes, out_planes, stride, shortcut)
+        self.final_relu = True
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -103,7 +106,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out = out + identity
+        return self.relu(out) if self.final_relu else out
 
 
 Block = Type[Union[BasicBlock, Bottleneck]]
@@ -140,6 +144,7 @@ class ResNet(nn.Module):
         stem_width: int,
         zero_init_residual: bool = False,
         shortcut: str = "conv",
+        last_relu: bool = True,
     ):
         super().__init__()
         self.stem = stem
@@ -153,6 +158,9 @@ class ResNet(nn.Module):
                 in_planes = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
+        # LUCIR (Hou et al. 2019, Sec. 3.2) and iCaRL's code end the network without the last ReLU, so the
+        # features (and their cosine to class vectors) may be negative
+        stages[-1][-1].final_relu = last_relu
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
         self._init_weights(zero_init_residual)
@@ -184,22 +192,23 @@ SMALL_IMAGE_MAX = 64
 
 
 def imagenet_resnet(block: Block, layers: Sequence[int], in_channels: int, image_size: int,
-                    shortcut: str = "conv") -> ResNet:
+                    cfg: BackboneConfig) -> ResNet:
     """ImageNet layout (widths 64/128/256/512). With `image_size` given and <= 64 the stem is swapped for a
     3x3 stride-1 conv without max-pool, as PyCIL-style setups do to run resnet18 on 32-px CIFAR images;
     with image_size 0 (unknown) or > 64 the standard 7x7 stride-2 + max-pool stem is used."""
     small = bool(image_size) and image_size <= SMALL_IMAGE_MAX
     stem = cifar_stem(in_channels, 64) if small else imagenet_stem(in_channels, 64)
-    return ResNet(block, layers, (64, 128, 256, 512), stem, stem_width=64, shortcut=shortcut)
+    return ResNet(block, layers, (64, 128, 256, 512), stem, stem_width=64, shortcut=cfg.shortcut,
+                  last_relu=cfg.last_relu)
 
 
 @register_backbone("resnet18")
 def build_resnet18(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
     """ResNet-18: [2, 2, 2, 2] basic blocks, 512-d features (cfg.block is ignored)."""
-    return imagenet_resnet(BasicBlock, (2, 2, 2, 2), in_channels, image_size, cfg.shortcut)
+    return imagenet_resnet(BasicBlock, (2, 2, 2, 2), in_channels, image_size, cfg)
 
 
 @register_backbone("resnet50")
 def build_resnet50(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
     """ResNet-50: [3, 4, 6, 3] bottleneck blocks, 2048-d features (cfg.block is ignored)."""
-    return imagenet_resnet(Bottleneck, (3, 4, 6, 3), in_channels, image_size, cfg.shortcut)
+    return imagenet_resnet(Bottleneck, (3, 4, 6, 3), in_channels, image_size, cfg)

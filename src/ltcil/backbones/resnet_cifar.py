@@ -16,28 +16,28 @@ from .resnet import BasicBlock, Bottleneck, ResNet, cifar_stem
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def cifar_resnet(n: int, block: str, in_channels: int, shortcut: str = "conv") -> ResNet:
+def cifar_resnet(n: int, cfg: BackboneConfig, in_channels: int) -> ResNet:
     """n blocks per stage. "basic" gives 64-d features; "bottleneck" (expansion 4) gives 256-d features.
 
     Seed 3's resnet56 used bottleneck blocks, so its features are 256-d, not 64-d: set backbone.block to
     "bottleneck" to reproduce it.
     """
-    if block not in _BLOCKS:
-        raise ConfigError(f"backbone.block: expected one of {', '.join(_BLOCKS)}, got {block!r}.")
-    return ResNet(_BLOCKS[block], (n, n, n), (16, 32, 64), cifar_stem(in_channels, 16), stem_width=16,
-                  shortcut=shortcut)
+    if cfg.block not in _BLOCKS:
+        raise ConfigError(f"backbone.block: expected one of {', '.join(_BLOCKS)}, got {cfg.block!r}.")
+    return ResNet(_BLOCKS[cfg.block], (n, n, n), (16, 32, 64), cifar_stem(in_channels, 16), stem_width=16,
+                  shortcut=cfg.shortcut, last_relu=cfg.last_relu)
 
 
 @register_backbone("resnet20")
 def build_resnet20(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
-    return cifar_resnet(3, cfg.block, in_channels, cfg.shortcut)
+    return cifar_resnet(3, cfg, in_channels)
 
 
 @register_backbone("resnet32")
 def build_resnet32(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
-    return cifar_resnet(5, cfg.block, in_channels, cfg.shortcut)
+    return cifar_resnet(5, cfg, in_channels)
 
 
 @register_backbone("resnet56")
 def build_resnet56(cfg: BackboneConfig, in_channels: int, image_size: int) -> ResNet:
-    return cifar_resnet(9, cfg.block, in_channels, cfg.shortcut)
+    return cifar_resnet(9, cfg, in_channels)
