@@ -114,7 +114,7 @@ def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str
             if t > 0:
                 shutil.copytree(chosen[-1][0] / "checkpoints", trial_dir / "checkpoints")
             exp = Experiment(cfg, trial_dir, progress=False, log=lambda *_: None)
-            num_tasks = len(exp.scenario.tasks)
+            num_tasks = len(exp.tasks)
             if t > 0 and not exp.restore():
                 raise ConfigError(f"{trial_dir}: the chosen checkpoint of task {t} did not load.")
             exp.train_task(t)

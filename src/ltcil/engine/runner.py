@@ -110,6 +110,11 @@ class Experiment:
         self.next_task = 0
         self.partial: Optional[dict] = None  # a checkpoint inside task next_task, used when it runs
 
+    @property
+    def tasks(self) -> list:
+        """The tasks this run trains: the scenario's, or its first scenario.max_tasks."""
+        return self.scenario.tasks[: self.cfg.scenario.max_tasks or None]
+
     # --- persistence -------------------------------------------------------------------------------------
     def _state(self, task_index: int) -> dict:
         return {
@@ -138,7 +143,7 @@ class Experiment:
         if path is None and self.partial is None:
             return False
         if self.world.is_main:
-            where = [f"after task {self.next_task} of {len(self.scenario.tasks)}"] if path is not None else []
+            where = [f"after task {self.next_task} of {len(self.tasks)}"] if path is not None else []
             if self.partial is not None:
                 where.append(f"inside task {self.next_task + 1} after epoch {self.partial['loop']['epoch']}")
             self.log(f"resuming {self.run_dir} {', '.join(where)}")
@@ -162,7 +167,7 @@ class Experiment:
         trackers = open_trackers(self.cfg.log, self.run_dir, self.cfg.to_dict()) if main else []
         events = EventLog(self.run_dir / "events.jsonl" if main else None, trackers)
         trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp)
-        tasks = self.scenario.tasks
+        tasks = self.tasks
         if self.next_task == 0:
             events.write({"event": "start", "num_tasks": len(tasks), "load_seconds": self.load_seconds,
                           **self.scenario.to_dict(), "device": str(self.device), "threads": self.threads,
@@ -264,7 +269,7 @@ class Experiment:
         write_json(self.run_dir / "results.json", self.results())  # partial results survive a crash
         self.next_task = t + 1
         if self.progress:
-            self.log(f"task {t + 1}/{len(self.scenario.tasks)}: top-1 {head['top1']:.2f} on "
+            self.log(f"task {t + 1}/{len(self.tasks)}: top-1 {head['top1']:.2f} on "
                      f"{step['seen_classes']} classes ({timing['train']:.1f}s train)")
 
     def _save_inside(self, task_index: int):
