@@ -60,3 +60,13 @@ def test_contrastive_views_jitter_a_share_and_grey_a_share():
     assert abs(grey.float().mean().item() - 0.2) < 0.03
     assert abs(untouched.float().mean().item() - 0.2 * 0.8) < 0.03  # neither jittered nor greyed
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_brightness_only_jitter_scales_each_image_by_one_factor():
+    # torchvision's ColorJitter(brightness=s): x * f, f ~ U(1 - s, 1 + s), clamped; no contrast or saturation
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 8, 8) * 0.5 + 0.1
+    out = color_jitter(x, [0.25, 0.0, 0.0], gen)
+    ratio = (out / x).flatten(1)
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-6)
+    assert ((ratio[:, 0] >= 0.75) & (ratio[:, 0] <= 1.25)).all() and ratio[:, 0].std() > 0.05

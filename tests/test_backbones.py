@@ -16,9 +16,9 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build(name: str, in_channels: int = 3, image_size: int = 32, block: str = "basic"):
+def build(name: str, in_channels: int = 3, image_size: int = 32, block: str = "basic", **options):
     torch.manual_seed(0)
-    return build_backbone(BackboneConfig(name=name, block=block), in_channels, image_size)
+    return build_backbone(BackboneConfig(name=name, block=block, **options), in_channels, image_size)
 
 
 def check_forward(model, in_channels: int, image_size: int, batch: int = 2) -> torch.Tensor:
@@ -158,3 +158,32 @@ def test_groupnorm_backbone_has_no_batch_statistics():
     torch.testing.assert_close(net(x)[:2], net(x[:2]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="not one of bn, cn, gn"):
         build_backbone(BackboneConfig(name="resnet20", norm="ln"), 3, 32)
+
+
+@pytest.mark.parametrize("name, option_a_with_fc", [("resnet20", 269_722), ("resnet32", 464_154), ("resnet56", 853_018)])
+def test_pad_shortcuts_give_the_option_a_parameter_counts(name, option_a_with_fc):
+    # He et al. 2016 option A (PyCIL's resnet32: 463,504 without its unused 10-way fc)
+    model = build(name, shortcut="pad")
+    assert n_params(model) == option_a_with_fc - 650
+    check_forward(model.eval(), 3, 32)
+
+
+def test_pad_shortcut_subsamples_and_zero_pads_channels():
+    from ltcil.backbones.resnet import PadShortcut
+
+    x = torch.randn(2, 16, 8, 8)
+    out = PadShortcut(16, 32, 2)(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, :16], x[:, :, ::2, ::2])
+    assert torch.equal(out[:, 16:], torch.zeros(2, 16, 4, 4))
+
+
+def test_last_relu_off_leaves_negative_features_and_the_rest_unchanged():
+    with_relu = build("resnet20")
+    without = build("resnet20", last_relu=False)
+    without.load_state_dict(with_relu.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    trunk = lambda m: m.stages(m.stem(x))  # noqa: E731
+    a, b = trunk(with_relu.eval()), trunk(without.eval())
+    assert (b < 0).any() and (a >= 0).all()
+    assert torch.allclose(torch.relu(b), a)

@@ -214,3 +214,14 @@ def test_ldam_heads_start_with_unit_rows():
     method, _ = build_method(cfg, in_channels=1, image_size=8, device=torch.device("cpu"))
     method.model.head.add_classes(4)
     assert torch.allclose(method.model.head.weight.norm(dim=1), torch.ones(4))
+
+
+def test_kaiming_uniform_rows_follow_pycils_head_init():
+    torch.manual_seed(0)
+    head = IncrementalLinear(64, num_classes=0, init="kaiming_uniform")
+    head.add_classes(500)
+    bound = (3 / 64) ** 0.5
+    assert head.weight.abs().max() <= bound and head.weight.abs().max() > 0.95 * bound
+    assert torch.equal(head.bias, torch.zeros(500))
+    with pytest.raises(ValueError, match="head init"):
+        IncrementalLinear(4, init="normal")

@@ -178,3 +178,108 @@ def test_bic_bias_fitting_leaves_the_network_untouched(tmp_path):
     exp.method.fit_bias = spy
     exp.run()
     assert fitted == {1: True, 2: True}  # BN running statistics included
+
+
+def _after_tasks(tmp_path, *overrides):
+    """A method after 2 tiny tasks (4 classes), set up as begin_task sets up the third: teacher = the model so
+    far, 2 new rows."""
+    exp = Experiment(tiny_config(*overrides, "scenario.max_tasks=2"), tmp_path)
+    exp.run()
+    method = exp.method
+    method.teacher = method.frozen_copy() if hasattr(method, "frozen_copy") else None
+    method.old_classes = method.model.num_classes
+    method.model.head.add_classes(2)
+    method.model.eval()
+    return method
+
+
+def test_icarl_ce_kd_is_cross_entropy_plus_distillation(tmp_path):
+    # PyCIL's iCaRL (models/icarl.py): CE over the seen classes + KD(T) on the old classes' logits, weight 1
+    method = _after_tasks(tmp_path, "method.name=icarl", "method.loss=ce_kd", "method.T=2")
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 3, 4, 5])
+    with torch.no_grad():
+        losses = method.training_step(x, y)
+        logits, old = method.model(x), method.teacher(x)
+        ce = torch.nn.functional.cross_entropy(logits, y)
+        p = torch.softmax(old / 2, 1)
+        kd = -(p * torch.log_softmax(logits[:, :4] / 2, 1)).sum(1).mean() + (p * torch.log(p)).sum(1).mean()
+    assert losses["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert losses["kd"].item() == pytest.approx(kd.item(), abs=1e-5)
+    assert losses["loss"].item() == pytest.approx((ce + kd).item(), rel=1e-5)
+
+
+def test_icarl_and_lwf_bce_refuse_a_train_loss_they_would_ignore():
+    from ltcil.errors import ConfigError
+    from ltcil.engine.runner import check_components
+
+    for method in ("icarl", "lwf"):
+        with pytest.raises(ConfigError, match="train.loss"):
+            check_components(tiny_config(f"method.name={method}", "train.loss=balanced_softmax"))
+    check_components(tiny_config("method.name=icarl", "method.loss=ce_kd", "train.loss=balanced_softmax"))
+
+
+@pytest.mark.parametrize("name", ["finetune", "lwf"])
+def test_new_classes_only_ce_leaves_old_rows_without_gradient(name, tmp_path):
+    # PyCIL's finetune and LwF: CE over the new task's logits (targets shifted), old rows get no CE gradient
+    extra = ["method.loss=kd", "method.lamb=0"] if name == "lwf" else []
+    method = _after_tasks(tmp_path, f"method.name={name}", "method.ce_classes=new", *extra)
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([4, 5, 4, 5, 4, 5])
+    method.model.zero_grad()
+    loss = method.training_step(x, y)["loss"]
+    loss.backward()
+    grad = method.model.head.weight.grad
+    assert torch.equal(grad[:4], torch.zeros_like(grad[:4])) and grad[4:].abs().sum() > 0
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(method.model(x)[:, 4:], y - 4)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bic_keep_corrections_applies_every_tasks_pair():
+    # PyCIL's BiC keeps every bias layer in the forward pass: each task's pair acts on its own classes
+    bias = TaskBiasCorrection(keep_all=True)
+    for size in (2, 2, 3):
+        bias.add_task(size)
+    with torch.no_grad():
+        bias.alpha[1], bias.beta[1] = 0.5, 1.0
+        bias.alpha[2], bias.beta[2] = 2.0, -1.0
+    logits = torch.randn(4, 7)
+    out = bias(logits)
+    assert torch.equal(out[:, :2], logits[:, :2])
+    assert torch.allclose(out[:, 2:4], 0.5 * logits[:, 2:4] + 1.0)
+    assert torch.allclose(out[:, 4:], 2.0 * logits[:, 4:] - 1.0)
+    # a fit's stand-in pair replaces only the newest
+    scale, shift = torch.tensor(3.0, requires_grad=True), torch.tensor(0.0, requires_grad=True)
+    out = bias(logits, newest=(scale, shift))
+    assert torch.allclose(out[:, 4:], 3.0 * logits[:, 4:]) and torch.allclose(out[:, 2:4], 0.5 * logits[:, 2:4] + 1.0)
+    out.sum().backward()
+    assert scale.grad is not None and bias.alpha.grad is None
+
+
+def test_bic_pycil_variant_fits_only_the_newest_pair(tmp_path):
+    overrides = ["method.name=bic", "method.bias_epochs=3", "method.keep_corrections=true",
+                 "method.bias_loss=softmax_ce", "method.bias_weight_decay=0.01", "method.bias_augment=true",
+                 "method.bias_bn=train"]
+    exp = Experiment(tiny_config(*overrides), tmp_path)
+    pairs = {}
+    original = exp.method.fit_bias
+
+    def spy(task, ctx):
+        before = exp.method.model.bias.pairs()
+        original(task, ctx)
+        pairs[task.index] = (before, exp.method.model.bias.pairs())
+
+    exp.method.fit_bias = spy
+    results = exp.run()
+    for t, (before, after) in pairs.items():
+        assert after[:-1] == before[:-1]  # earlier pairs never move, weight decay included
+        assert after[-1] != before[-1]
+    assert len(results["accuracy"]) == 3 and len(results["bias_correction"]) == 3
+    # stage 1 never trains the correction pairs
+    assert all(id(p) not in {id(q) for q in exp.method.model.bias.parameters()}
+               for p in exp.method.trainable_parameters())
+
+
+def test_max_tasks_runs_the_first_tasks_of_the_full_scenario(tmp_path):
+    results = run_tiny(tmp_path, "method.name=icarl", "scenario.max_tasks=2")
+    assert results["completed_tasks"] == 2 and len(results["accuracy"]) == 2
+    assert len(results["tasks"]) == 3  # the scenario itself is unchanged

@@ -1,0 +1,149 @@
+"""The peer-parity harness's own logic (benchmarks/peers): recipe translation, records, the table and its
+verdicts, argument handling. No peer toolkit is needed or imported."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+PEERS = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
+sys.path.insert(0, str(PEERS))
+
+import recipes  # noqa: E402
+import run as harness  # noqa: E402
+
+from ltcil.config import load_config  # noqa: E402
+from ltcil.engine.runner import check_components  # noqa: E402
+from ltcil.scenarios.order import ICARL_CIFAR100_ORDER  # noqa: E402
+
+
+def test_class_order_is_pycils_and_ltcils_seeded_order():
+    assert recipes.class_order(1993) == list(ICARL_CIFAR100_ORDER)
+    cfg = load_config("icarl_resnet32_cifar100_b0inc10_pycil", ["scenario.order=seed:1"])
+    from ltcil.scenarios.order import class_order
+
+    assert class_order(cfg.scenario.order, 100).tolist() == recipes.class_order(1)
+
+
+@pytest.mark.parametrize("key", sorted(recipes.RECIPES))
+def test_every_recipe_config_takes_its_parity_overrides(key):
+    rec = recipes.RECIPES[key]
+    overrides = recipes.ltcil_overrides(rec, epochs=5, seed=1, tasks=4, data_root="/data", threads=2)
+    cfg = load_config(rec.config, overrides)
+    check_components(cfg)
+    assert cfg.train.epochs == 5 and cfg.train.initial_epochs == 5
+    assert cfg.seed == 1 and cfg.scenario.order == "seed:1" and cfg.scenario.max_tasks == 4
+    assert cfg.data.root == "/data" and cfg.train.threads == 2 and cfg.log.report == "never"
+    if rec.method == "bic":
+        assert cfg.method["bias_epochs"] == 5  # PyCIL's stage 2 runs as many epochs as stage 1
+    assert cfg.scenario.initial == 10 and cfg.scenario.increment == 10 and cfg.memory.size in (0, 2000)
+
+
+def test_pycil_icarl_recipe_sets_pycils_choices():
+    cfg = load_config("icarl_resnet32_cifar100_b0inc10_pycil")
+    assert cfg.method == {"name": "icarl", "loss": "ce_kd", "T": 2.0, "nme_flip": False}
+    assert (cfg.backbone.shortcut, cfg.head.init) == ("pad", "kaiming_uniform")
+    assert cfg.train.color_jitter == pytest.approx([63 / 255, 0, 0], abs=1e-6)
+    assert (cfg.train.lr, cfg.train.initial_lr, cfg.train.weight_decay, cfg.train.initial_weight_decay) == (
+        0.1, 0.1, 2e-4, 5e-4)
+    assert (cfg.train.milestones, cfg.train.initial_milestones) == ([80, 120], [60, 120, 170])
+    lwf = load_config("lwf_resnet32_cifar100_b0inc10_pycil")
+    assert lwf.method["ce_classes"] == "new" and lwf.method["lamb"] == 3.0 and lwf.memory.size == 0
+
+
+def _results(headline, **series):
+    return {"headline_classifier": headline, "accuracy": series[headline],
+            **({f"accuracy_{k}": v for k, v in series.items()} if len(series) > 1 else {})}
+
+
+def test_ltcil_record_reads_headline_and_named_classifiers():
+    icarl = recipes.recipe("pycil", "icarl")
+    rec = recipes.ltcil_record(_results("nme", nme=[50.0, 40.0], linear=[45.0, 30.0]), icarl, 1, 12.5)
+    assert rec["accuracy"] == {"nme": [50.0, 40.0], "cnn": [45.0, 30.0]} and rec["wall_s"] == 12.5
+    fine = recipes.recipe("pycil", "finetune")
+    assert recipes.ltcil_record(_results("logits", logits=[60.0]), fine, 2, 1.0)["accuracy"] == {"cnn": [60.0]}
+    with pytest.raises(KeyError, match="linear"):
+        recipes.ltcil_record(_results("nme", nme=[1.0]), icarl, 1, 1.0)
+
+
+def test_peer_record_keeps_the_compared_classifiers():
+    raw = {"seed": 1993, "commit": "abc", "tasks": [{"cnn": 10.0, "nme": 20.0}, {"cnn": 5.0, "nme": 15.0}]}
+    rec = recipes.peer_record(raw, recipes.recipe("pycil", "icarl"), 99.0)
+    assert rec["accuracy"] == {"nme": [20.0, 15.0], "cnn": [10.0, 5.0]} and rec["toolkit"] == "pycil"
+
+
+def _record(toolkit, seed, nme, wall):
+    return {"toolkit": toolkit, "method": "icarl", "seed": seed, "accuracy": {"nme": nme}, "wall_s": wall}
+
+
+def test_summary_gap_spread_tolerance_and_time_ratio():
+    records = [_record("pycil", 1993, [60.0, 40.0], 100.0), _record("ltcil", 1993, [61.0, 41.0], 40.0),
+               _record("pycil", 1, [56.0, 40.0], 120.0), _record("ltcil", 1, [58.0, 42.0], 50.0)]
+    (row,) = recipes.summarise(records)
+    assert row.peer == [50.0, 48.0] and row.ltcil == [51.0, 50.0]
+    assert row.gap == pytest.approx(1.5)
+    assert row.spread == pytest.approx(2.0)  # pycil's range 2.0, ltcil's 1.0
+    assert row.tolerance == pytest.approx(2.0) and row.agrees
+    assert row.time_ratio == pytest.approx(45.0 / 110.0)
+    table = recipes.format_table([row], "pycil")
+    assert "icarl" in table and "agrees" in table and "+1.50" in table and "0.41" in table
+
+
+def test_summary_flags_a_gap_beyond_one_point_and_skips_unpaired_seeds():
+    records = [_record("pycil", 1993, [60.0], 10.0), _record("ltcil", 1993, [58.0], 5.0),
+               _record("pycil", 1, [70.0], 10.0)]  # seed 1 has no ltcil run yet
+    (row,) = recipes.summarise(records)
+    assert row.seeds == [1993] and row.tolerance == recipes.TOLERANCE and not row.agrees
+    assert "GAP" in recipes.format_table([row], "pycil")
+
+
+def test_seed_list():
+    assert recipes.seed_list(2) == [1993, 1]
+    assert recipes.seed_list(0, [5, 7]) == [5, 7]
+    with pytest.raises(ValueError, match="--seeds"):
+        recipes.seed_list(0)
+
+
+def test_harness_arguments_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--peer", "pycil", "--methods", "podnet", "--out", str(tmp_path)])
+    assert "no pycil recipe for 'podnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--peer", "avalanche", "--out", str(tmp_path)])
+    assert "--peer-python" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--peer", "pycil", "--peer-python", "python", "--pycil", str(tmp_path),
+                            "--out", str(tmp_path)])
+    assert "not a PyCIL checkout" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--peer", "pycil", "--only", "ltcil", "--epochs", "0", "--out", str(tmp_path)])
+    args = harness.parse_args(["--peer", "avalanche", "--only", "ltcil", "--out", str(tmp_path)])
+    assert args.methods == ["naive", "lwf", "icarl"] and args.seed_values == [1993, 1]
+
+
+def test_dry_run_prints_both_commands_and_runs_nothing(tmp_path, capsys):
+    harness.main(["--peer", "pycil", "--methods", "icarl", "--seeds", "1", "--epochs", "3", "--tasks", "2",
+                  "--out", str(tmp_path / "out"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "pycil_adapter.py --method icarl --epochs 3 --tasks 2 --seed 1993" in out
+    assert "-m ltcil run icarl_resnet32_cifar100_b0inc10_pycil train.epochs=3" in out
+    assert "scenario.max_tasks=2" in out
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_stored_records_are_reused(tmp_path, capsys):
+    out, checkout = tmp_path / "out", tmp_path / "pycil"
+    out.mkdir()
+    checkout.mkdir()
+    (checkout / "main.py").write_text("")
+    tag = "icarl_s1993_e3_t2"
+    (out / f"pycil_{tag}.record.json").write_text(json.dumps(_record("pycil", 1993, [50.0, 30.0], 10.0)))
+    (out / f"ltcil_pycil_{tag}.record.json").write_text(json.dumps(_record("ltcil", 1993, [50.5, 30.5], 4.0)))
+    harness.main(["--peer", "pycil", "--methods", "icarl", "--seeds", "1", "--epochs", "3", "--tasks", "2",
+                  "--out", str(out), "--peer-python", "python", "--pycil", str(checkout)])
+    printed = capsys.readouterr().out
+    assert "adapter" not in printed and "-m ltcil" not in printed  # nothing ran
+    (summary,) = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    assert summary["gap"] == pytest.approx(0.5) and summary["agrees"] and summary["time_ratio"] == pytest.approx(0.4)
+    assert len((out / "records.jsonl").read_text().splitlines()) == 2
