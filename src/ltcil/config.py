@@ -100,6 +100,8 @@ class TrainConfig:
     # [brightness, contrast, saturation] strengths ([0.247, 0, 0]: PyCIL's ColorJitter(brightness=63/255))
     resized_crop: bool = False  # random resized crop (scale 0.35-1) instead of padded crop
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
+    compile: str = "off"  # torch.compile of the training step: off | default | reduce-overhead (CUDA graphs) |
+    # max-autotune | eager (trace only: checks that a step compiles)
     channels_last: bool = True  # NHWC activations: +20% training, +50% eval on CPU; faster convs on GPU
     threads: int = 0  # CPU threads for torch (0: all cores)
     checkpoint_minutes: float = 10.0  # inside a task's main training, save partial.pt this often (0: only per task)
@@ -161,6 +163,7 @@ _CHOICES = {
     "train.schedule": ("constant", "step", "cosine"),
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
+    "train.compile": ("off", "default", "reduce-overhead", "max-autotune", "eager"),
     "backbone.block": ("basic", "bottleneck"),
     "backbone.shortcut": ("conv", "pad"),
     "head.init": ("uniform", "kaiming_uniform"),

@@ -166,7 +166,8 @@ class Experiment:
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
         trackers = open_trackers(self.cfg.log, self.run_dir, self.cfg.to_dict()) if main else []
         events = EventLog(self.run_dir / "events.jsonl" if main else None, trackers)
-        trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp)
+        trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp,
+                          compile_mode=self.cfg.train.compile)
         tasks = self.tasks
         if self.next_task == 0:
             events.write({"event": "start", "num_tasks": len(tasks), "load_seconds": self.load_seconds,
@@ -319,7 +320,8 @@ class Experiment:
         (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
         events = EventLog(self.run_dir / "events.jsonl")
         try:
-            trainer = Trainer(self.data, self.device, events, progress=False, amp=self.cfg.train.amp)
+            trainer = Trainer(self.data, self.device, events, progress=False, amp=self.cfg.train.amp,
+                              compile_mode=self.cfg.train.compile)
             self._run_task(self.scenario.tasks[task_index], trainer, events, evaluate=False)
         finally:
             events.close()

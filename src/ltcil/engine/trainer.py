@@ -24,13 +24,35 @@ class NonFiniteLossError(LtcilError):
     pass
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "eager")
+
+
+def compile_step(step_fn: Callable, mode: str) -> Callable:
+    """The step function under torch.compile. The step (forward passes and losses) is compiled, not the
+    modules, so a method may still deep-copy its network (a teacher snapshot) or grow its head: the new modules
+    are traced on the next call. "reduce-overhead" replays the step's kernels as CUDA graphs; "eager" traces
+    without generating code (a quick check that a step compiles)."""
+    # every task brings a new teacher and a grown head, and an epoch's last batch another shape: each is a
+    # recompilation of the same step, so the default limit (8) would fall back to eager after a few tasks
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+    if mode == "eager":
+        return torch.compile(step_fn, backend="eager")
+    return torch.compile(step_fn, mode=mode)
+
+
 class Trainer:
-    def __init__(self, data, device: torch.device, events, progress: bool = True, amp: bool = True):
+    def __init__(self, data, device: torch.device, events, progress: bool = True, amp: bool = True,
+                 compile_mode: str = "off"):
         self.data = data
         self.device = device
         self.events = events
         self.progress = progress
         self.amp = amp and device.type == "cuda"  # bf16 autocast: ~10x slower on CPUs without native bf16
+        self.compile_mode = compile_mode
 
     def autocast(self):
         if self.amp:
@@ -71,6 +93,8 @@ class Trainer:
         its optimiser and generators (the caller restores the model first)."""
         cpu_gen, dev_gen = gens
         world = distributed.world()
+        if self.compile_mode != "off":
+            step_fn = compile_step(step_fn, self.compile_mode)
         sampler = getattr(stage, "sampler", "instance")
         labels = None
         if sampler != "instance":
