@@ -3,7 +3,10 @@ CIFAR-100 at batch 128: ltcil's device-resident pipeline against a conventional 
 images, per-sample random crop + flip + normalise in a torch DataLoader with workers), same model, same step.
 
     python benchmarks/train_throughput.py --data-root ../shared/data --steps 30 --workers 0 2
+    python benchmarks/train_throughput.py --device cuda --compile off default reduce-overhead --workers 0 8
 
+`--compile` measures ltcil's pipeline with the step under each torch.compile mode (reduce-overhead: CUDA graphs);
+`--synthetic N` uses N generated 32 px images instead of the CIFAR-100 archive (a quick check of the script).
 Prints one JSON line per pipeline and a table with the ratio. Not run by the test suite.
 """
 
@@ -23,6 +26,7 @@ from ltcil.backbones import build_backbone
 from ltcil.config import BackboneConfig, DataConfig
 from ltcil.data.augment import AugmentSpec
 from ltcil.data.loader import DeviceData
+from ltcil.engine.trainer import COMPILE_MODES, compile_step
 from ltcil.methods.base import IncrementalNet
 from ltcil.registry import get
 
@@ -59,22 +63,22 @@ def make_model(device):
     return model
 
 
-def train_step(model, opt, x, y):
-    loss = F.cross_entropy(model(x), y)
+def train_step(model, opt, x, y, forward=None):
+    loss = (forward or (lambda a, b: F.cross_entropy(model(a), b)))(x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss
 
 
-def timed(batches, model, opt, steps: int, warmup: int, device) -> float:
+def timed(batches, model, opt, steps: int, warmup: int, device, forward=None) -> float:
     done, start = 0, None
     for i, (x, y) in enumerate(batches):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        train_step(model, opt, x.to(device, non_blocking=True), y.to(device, non_blocking=True), forward)
         if i >= warmup:
             done += len(y)
         if i + 1 >= warmup + steps:
@@ -93,12 +97,19 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to try")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=COMPILE_MODES,
+                        help="torch.compile modes of ltcil's step to measure (channels_last pipeline)")
+    parser.add_argument("--synthetic", type=int, default=0, help="N generated images instead of CIFAR-100")
     args = parser.parse_args()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
-    ds = get("dataset", "cifar100")(DataConfig(name="cifar100", root=args.data_root, download=False))
+    if args.synthetic:
+        ds = get("dataset", "synthetic")(DataConfig(name="synthetic", num_classes=100,
+                                                    images_per_class=max(1, args.synthetic // 100), image_size=32))
+    else:
+        ds = get("dataset", "cifar100")(DataConfig(name="cifar100", root=args.data_root, download=False))
     labels = ds.train.labels
     rows = []
     common = {"device": str(device), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
@@ -106,7 +117,8 @@ def main():
 
     # ltcil: uint8 images resident on the device, batched crop/flip/normalise there; channels_last activations
     # as ltcil trains by default (train.channels_last), and the plain NCHW layout to show what that gives.
-    for channels_last in (True, False):
+    variants = [(True, mode) for mode in args.compile] + [(False, "off")]
+    for channels_last, mode in variants:
         torch.manual_seed(0)
         data = DeviceData(ds, {"train": labels, "test": ds.test.labels}, device, channels_last)
         gen_cpu = torch.Generator().manual_seed(0)
@@ -117,12 +129,15 @@ def main():
             model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         model.train()
+        forward = None
+        if mode != "off":
+            forward = compile_step(lambda a, b: F.cross_entropy(model(a), b), mode)
         batches = (data.batch("train", idx, spec, gen_dev)
                    for idx in data.index_batches(np.arange(len(labels)), args.batch_size, gen_cpu))
-        ips = timed(batches, model, opt, args.steps, args.warmup, device)
+        ips = timed(batches, model, opt, args.steps, args.warmup, device, forward)
         name = "ltcil device-resident" + (" (default)" if channels_last else " NCHW")
-        rows.append({"pipeline": name, "workers": 0, "channels_last": channels_last, "images_per_second": ips,
-                     **common})
+        rows.append({"pipeline": name, "workers": 0, "channels_last": channels_last, "compile": mode,
+                     "images_per_second": ips, **common})
         print(json.dumps(rows[-1]), flush=True)
         del data
 
@@ -139,16 +154,15 @@ def main():
         )
         ips = timed(iter(loader), model, opt, args.steps, args.warmup, device)
         rows.append({"pipeline": "per-sample PIL DataLoader", "workers": workers, "channels_last": False,
-                     "images_per_second": ips, **common})
+                     "compile": "off", "images_per_second": ips, **common})
         print(json.dumps(rows[-1]), flush=True)
 
     best_ref = max(r["images_per_second"] for r in rows if r["pipeline"].startswith("per-sample"))
-    print(f"\n{'pipeline':30s} {'workers':>7s} {'images/s':>9s}")
+    print(f"\n{'pipeline':30s} {'compile':>15s} {'workers':>7s} {'images/s':>9s} {'/ best ref':>10s}")
     for r in rows:
-        print(f"{r['pipeline']:30s} {r['workers']:7d} {r['images_per_second']:9.1f}")
-    print(f"\nltcil (default) / best reference: {rows[0]['images_per_second'] / best_ref:.2f}x; ltcil NCHW / best "
-          f"reference: {rows[1]['images_per_second'] / best_ref:.2f}x "
-          f"({common['device']}, {common['threads']} threads, batch {args.batch_size})")
+        print(f"{r['pipeline']:30s} {r['compile']:>15s} {r['workers']:7d} {r['images_per_second']:9.1f} "
+              f"{r['images_per_second'] / best_ref:9.2f}x")
+    print(f"\n{common['device']}, {common['threads']} threads, batch {args.batch_size}")
 
 
 if __name__ == "__main__":
