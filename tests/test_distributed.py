@@ -36,6 +36,7 @@ def final_weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "task_002.pt", weights_only=True)["method"]["model"]
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_result_for_every_method(tmp_path):
     runs = {name: [f"method.name={name}", NORM, *METHOD_OVERRIDES.get(name, [])]
             for name in registry.available("method")}
@@ -63,6 +64,7 @@ def _descendants(pid: int) -> list[int]:
     return [int(c) for c in children] + [d for c in children for d in _descendants(int(c))]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finding torchrun's workers needs /proc")
 def test_torchrun_run_killed_mid_task_resumes_and_matches(tmp_path):
     args = [*TINY, NORM, "method.name=icarl", "train.epochs=4", "data.images_per_class=60"]
@@ -101,6 +103,7 @@ def test_torchrun_run_killed_mid_task_resumes_and_matches(tmp_path):
     assert "resume" in kinds
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finding torchrun's workers needs /proc")
 def test_torchrun_killed_inside_a_single_task_resumes_from_the_partial_checkpoint(tmp_path):
     # rank 0 decides when to checkpoint and every rank takes part (buffer averaging), so no rank waits alone

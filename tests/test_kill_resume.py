@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import TINY
 
 ARGS = [*TINY, "train.epochs=4", "method.name=icarl", "data.images_per_class=60"]
@@ -17,6 +19,7 @@ def cli(*args):
     return [sys.executable, "-m", "ltcil", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_task_then_resume_matches_uninterrupted(tmp_path):
     full = tmp_path / "full"
     assert subprocess.run(cli("run", "--out", str(full), "--quiet", *ARGS), capture_output=True,

@@ -146,6 +146,7 @@ def test_missing_matplotlib_says_how_to_install_it(runs, tmp_path, monkeypatch):
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
+@pytest.mark.slow
 def test_page_renders_in_a_headless_browser(report, tmp_path):
     # the page as a user sees it: Debian's chromium renders it; the screenshot must show the tables and figures
     browser = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)

@@ -80,6 +80,7 @@ def test_no_partial_checkpoint_when_disabled_and_a_stale_one_is_ignored(tmp_path
     assert resumed.restore() and resumed.next_task == 1 and resumed.partial is None
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_single_task_run_resumes_from_the_partial_checkpoint(tmp_path):
     # long-tailed recognition is one long task: without a checkpoint inside it a kill loses all of it
     args = [*TINY, "scenario.initial=6", "scenario.increment=0", "train.epochs=6", EVERY_EPOCH,
