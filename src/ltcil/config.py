@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import math
 import re
 import types
@@ -19,6 +20,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import ConfigError
+from .files import read_text
 
 
 @dataclass
@@ -185,6 +187,13 @@ _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.b
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+INT_LIMIT = 2**63  # integer keys become torch / numpy int64 values
+SEED_LIMIT = 2**32  # numpy's RandomState and torch's seeds take 0 <= seed < 2^32
+_SEEDS = ("seed", "scenario.seed")
+
+
+class _BadValue(ConfigError):
+    """A value of the right type that no key accepts (NaN, out of range)."""
 
 
 def _type_name(tp) -> str:
@@ -198,6 +207,8 @@ def _coerce(value: Any, tp, key: str, where: str):
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, key, where)
+            except _BadValue:
+                raise  # the right type, a wrong value: that is the error to report
             except ConfigError:
                 continue
         names = " or ".join(_type_name(t) for t in typing.get_args(tp))
@@ -210,12 +221,19 @@ def _coerce(value: Any, tp, key: str, where: str):
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:
+                raise _BadValue(f"{where}{key}: {value!r} is out of range (|value| < 2^63).")
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            number = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if number is not None:
+            if not math.isfinite(number):
+                raise _BadValue(f"{where}{key}: {value!r} is not a finite number.")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -267,6 +285,9 @@ def _validate_ranges(cfg: Config, where: str) -> None:
         value = _get(cfg, dotted)
         if value <= 0:
             raise ConfigError(f"{where}{dotted}: {value!r} must be > 0.")
+    for dotted in _SEEDS:
+        if not 0 <= _get(cfg, dotted) < SEED_LIMIT:
+            raise ConfigError(f"{where}{dotted}: {_get(cfg, dotted)!r} must be in 0 .. 2^32 - 1.")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{where}train.lr: {cfg.train.lr!r} must be > 0.")
     if cfg.scenario.imbalance_factor < 1:
@@ -283,10 +304,10 @@ def _validate_ranges(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}scenario.increment: every task size in {inc!r} must be a positive integer.")
     order = cfg.scenario.order
     if isinstance(order, str) and order != "natural":
-        if not order.startswith("seed:") or not order[5:].lstrip("-").isdigit():
+        if not order.startswith("seed:") or not order[5:].isdigit() or int(order[5:]) >= SEED_LIMIT:
             raise ConfigError(
-                f"{where}scenario.order: {order!r} is not valid; use 'natural', 'seed:N' (seed:1993 gives the "
-                "iCaRL order) or an explicit list of class ids."
+                f"{where}scenario.order: {order!r} is not valid; use 'natural', 'seed:N' with 0 <= N < 2^32 "
+                "(seed:1993 gives the iCaRL order) or an explicit list of class ids."
             )
     if isinstance(order, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
         raise ConfigError(f"{where}scenario.order: an explicit order must be a list of integer class ids.")
@@ -324,7 +345,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"override {text!r}: {exc.problem}.") from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -343,11 +366,42 @@ def apply_override(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class StrictLoader(yaml.SafeLoader):
+    """YAML without surprises: a key given twice in one mapping is an error naming it and its line (PyYAML
+    keeps the last silently), and aliases are refused (nested aliases expand exponentially: a few hundred bytes
+    can hold gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"YAML aliases (*{event.anchor}) are not supported in ltcil configs; write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one section (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, name: str = "<override>"):
+    stream = io.StringIO(text)
+    stream.name = name  # named in PyYAML's error marks
+    return yaml.load(stream, Loader=StrictLoader)
+
+
 def read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (see `ltcil list configs` for the shipped ones).")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = parse_yaml(read_text(path, "config file", ConfigError), str(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
