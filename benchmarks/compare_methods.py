@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from ltcil.config import load_config
-from ltcil.engine.runner import Experiment, prepare_run_dir
+from ltcil.engine import run_folder
+from ltcil.engine.runner import Experiment
 
 
 def main() -> None:
@@ -47,7 +48,8 @@ def main() -> None:
         cfg = load_config(name, ["train.progress=false", *args.set, *own, *extra])
         label = Path(name).stem + "".join(f"@{o}" for o in own) + (f"[{method}]" if method else "")
         run_dir = args.out / label.replace("[", "_").replace("]", "").replace("@", "_").replace("=", "-")
-        prepare_run_dir(run_dir, force=True)
+        if run_folder.check(run_dir, force=True):
+            run_folder.clear(run_dir)
         start = time.perf_counter()
         results = Experiment(cfg, run_dir, progress=False).run()
         wall = time.perf_counter() - start

@@ -33,6 +33,7 @@ def test_quickstart_on_digits_end_to_end(tmp_path):
 def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
+    (out / ".ltcil-run").write_text("")
     (out / "results.json").write_text("{}")
     assert main(["run", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err

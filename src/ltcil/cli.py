@@ -66,27 +66,41 @@ def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_run(args) -> int:
     from .config import load_config
-    from .engine import distributed
-    from .engine.runner import Experiment, default_run_dir, prepare_run_dir
+    from .engine import distributed, run_folder
+    from .engine.runner import Experiment, default_run_dir
 
     config, overrides = _split_items(args.items)
     cfg = load_config(config if config is not None else QUICKSTART, overrides)
+    if config is None and overrides:
+        print(f"no config given: starting from the quick start's ({QUICKSTART}: digits, 5 tasks of 2 classes) with "
+              "your overrides")
     world, _ = distributed.setup(cfg.device)  # under torchrun: join the process group
     run_dir = distributed.broadcast_object(args.out or default_run_dir(cfg))  # rank 0's clock names the folder
-    prepare_run_dir(run_dir, args.force, remove=world.is_main)
+    replace = run_folder.check(run_dir, args.force)  # every rank: nothing is touched yet
+    lock = run_folder.Lock(run_dir) if world.is_main else None
+    try:
+        experiment = Experiment(cfg, run_dir, progress=False if args.quiet else None)  # loads and checks the data
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_empty=True)
+        raise
+    if replace and world.is_main:  # --force: the old run goes only now that config and data have been checked
+        run_folder.clear(run_dir)
     distributed.barrier()
-    experiment = Experiment(cfg, run_dir, progress=False if args.quiet else None)
     return _finish(experiment)
 
 
 def cmd_resume(args) -> int:
     from .config import from_dict, read_yaml
+    from .engine import distributed, run_folder
     from .engine.runner import Experiment
 
     cfg_path = args.run_dir / "config.yaml"
-    if not cfg_path.exists():
+    if not args.run_dir.is_dir() or not cfg_path.exists():
         raise LtcilError(f"{args.run_dir} is not a run folder: {cfg_path} is missing.")
     cfg = from_dict(read_yaml(cfg_path), f"{cfg_path}: ")
+    world, _ = distributed.setup(cfg.device)
+    lock = run_folder.Lock(args.run_dir) if world.is_main else None  # noqa: F841 (held until the process ends)
     experiment = Experiment(cfg, args.run_dir, progress=False if args.quiet else None)
     if not experiment.restore():
         print(f"no finished task in {args.run_dir}; starting it from the first task")
@@ -129,8 +143,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .engine import run_folder
     from .engine.distributed import launched_by_torchrun
-    from .engine.runner import prepare_run_dir
     from .sweep import parse_grid, run_sweep, sweep_table
 
     if not args.grid:
@@ -142,7 +156,11 @@ def cmd_sweep(args) -> int:
         raise LtcilError("ltcil sweep: choose --random or --optuna, not both.")
     config, overrides = _split_items(args.items)
     grid = parse_grid(args.grid)
-    prepare_run_dir(args.out, args.force)
+    replace = run_folder.check(args.out, args.force)
+    lock = run_folder.Lock(args.out)  # noqa: F841 (held until the process ends)
+    if replace:
+        run_folder.clear(args.out)
+    run_folder.mark(args.out)
     record = run_sweep(config if config is not None else QUICKSTART, overrides, grid, args.out, args.random,
                        args.seed, optuna_trials=args.optuna)
     print()
@@ -176,8 +194,8 @@ def main(argv=None) -> int:
         print("error: " + message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; a run continues from its last finished task with `ltcil resume RUN_DIR`.",
-              file=sys.stderr)
+        print("\ninterrupted; `ltcil resume RUN_DIR` continues a run from its last checkpoint (the last finished "
+              "task, or inside the task when one was taken there: train.checkpoint_minutes).", file=sys.stderr)
         return 130
 
 

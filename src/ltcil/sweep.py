@@ -115,7 +115,7 @@ def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str
                 shutil.copytree(chosen[-1][0] / "checkpoints", trial_dir / "checkpoints")
             exp = Experiment(cfg, trial_dir, progress=False, log=lambda *_: None)
             num_tasks = len(exp.tasks)
-            if t > 0 and not exp.restore():
+            if t > 0 and not exp.restore(same_config=False):
                 raise ConfigError(f"{trial_dir}: the chosen checkpoint of task {t} did not load.")
             exp.train_task(t)
             score = validation_accuracy(exp.method, exp.data, exp.scenario, t, cfg.eval.batch_size)

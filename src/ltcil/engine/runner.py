@@ -27,8 +27,10 @@ from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
 from ..reporting.trackers import check_trackers, open_trackers
 from ..scenarios import build_scenario
-from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, load_partial, remove_partial, save_checkpoint, save_partial
+from . import distributed, run_folder
+from .checkpoint import (
+    latest_checkpoint, load_checkpoint, load_partial, partial_path, remove_partial, save_checkpoint, save_partial,
+)
 from .context import TaskContext
 from .seed import generators, seed_task, task_seed
 from .trainer import Trainer
@@ -60,6 +62,9 @@ def check_components(cfg: Config) -> None:
     registry.get("dataset", cfg.data.name, key="data.name")
     registry.get("backbone", cfg.backbone.name, key="backbone.name")
     method_cls = registry.get("method", cfg.method["name"], key="method.name")
+    if method_cls.requires_memory and cfg.memory.size == 0 and cfg.memory.per_class == 0:
+        raise ConfigError(f"method {cfg.method['name']} keeps exemplars and means nothing without them: set "
+                          "memory.size (e.g. 2000) or memory.per_class (e.g. 20).")
     method_cls.check(method_cls.parse_options(cfg.method), cfg)
 
 
@@ -127,18 +132,24 @@ class Experiment:
             "rng": {"torch": torch.get_rng_state()},
         }
 
-    def restore(self) -> bool:
+    def restore(self, same_config: bool = True) -> bool:
         """Continue after the last complete checkpoint, and inside the next task from its partial checkpoint
-        when there is one; False when there is neither."""
+        when there is one; False when there is neither. A checkpoint of another experiment (config.yaml edited
+        since) is refused, naming the keys, unless `same_config` is False (a sweep continues every candidate
+        from the chosen one's checkpoint)."""
         path = latest_checkpoint(self.run_dir)
         if path is not None:
             state = load_checkpoint(path)
+            if same_config:
+                check_same_experiment(state.get("config"), self.cfg.to_dict(), path)
             self.method.load_state_dict(state["method"])
             self.steps = state["steps"]
             self.timing = state["timing"]
             self.next_task = state["task"] + 1
         partial = load_partial(self.run_dir)
         if partial is not None and partial["task"] == self.next_task:  # older ones: that task finished since
+            if same_config:
+                check_same_experiment(partial.get("config"), self.cfg.to_dict(), partial_path(self.run_dir))
             self.partial = partial
         if path is None and self.partial is None:
             return False
@@ -163,6 +174,7 @@ class Experiment:
         main = self.world.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            run_folder.mark(self.run_dir)
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
         trackers = open_trackers(self.cfg.log, self.run_dir, self.cfg.to_dict()) if main else []
         events = EventLog(self.run_dir / "events.jsonl" if main else None, trackers)
@@ -283,7 +295,8 @@ class Experiment:
             if self.device.type == "cuda":
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
             save_partial(self.run_dir, {
-                "format": 1, "task": task_index, "loop": loop, "method": self.method.state_dict(),
+                "format": 1, "task": task_index, "config": self.cfg.to_dict(), "loop": loop,
+                "method": self.method.state_dict(),
                 "epoch_state": self.method.epoch_state(), "rng": rng,
             })
         return save
@@ -327,27 +340,44 @@ class Experiment:
             events.close()
 
 
+# Keys that may change between a run and its resume: where things are and how the run reports or checkpoints,
+# nothing that changes what is trained or measured.
+RESUMABLE_CHANGES = ("log.", "device", "data.root", "data.download", "train.threads", "train.checkpoint_minutes",
+                     "train.progress", "train.compile", "eval.batch_size", "scenario.max_tasks")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not (prefix + key).startswith("log."):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def check_same_experiment(saved: Optional[dict], now: dict, path) -> None:
+    """Refuse to continue a checkpoint under a config that changes the experiment (RESUMABLE_CHANGES may
+    differ), naming every changed key with both values."""
+    if saved is None:  # written before configs were stored in every checkpoint
+        return
+    old, new = _flat(saved), _flat(now)
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not any(k == a or k.startswith(a) for a in RESUMABLE_CHANGES)]
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"config.yaml no longer describes the run in {path}: {diffs}{' ...' if len(changed) > 8 else ''}. "
+            "Resuming would mix two experiments; restore those values, or start a new run with --out. (Only "
+            f"{', '.join(a.rstrip('.') for a in RESUMABLE_CHANGES)} may change on resume.)")
+
+
 def report_available() -> bool:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-def prepare_run_dir(run_dir: Path, force: bool, remove: bool = True) -> None:
-    """Never overwrite an existing run silently. `remove=False` checks only (torchrun ranks other than 0)."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not force:
-            raise LtcilError(
-                f"output folder {run_dir} already holds a run. Use `ltcil resume {run_dir}` to continue it, "
-                "--force to overwrite it, or choose another --out."
-            )
-        if remove:
-            import shutil
-
-            shutil.rmtree(run_dir)
 
 
 def default_run_dir(cfg: Config) -> Path:
