@@ -3,13 +3,13 @@ with torch.load(weights_only=True). One per finished task, and one inside the ru
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..errors import LtcilError
+from ..files import write_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -19,11 +19,9 @@ def checkpoint_path(run_dir: Path, task_index: int) -> Path:
 
 
 def _save_atomic(path: Path, state: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic on POSIX: a crash leaves either the old file or the new one
-    return path
+    # atomic on POSIX: a crash, a full disk or a read-only folder leaves either the old file or the new one
+    return write_atomic(path, lambda tmp: torch.save(state, tmp),
+                        kept="The checkpoints written before it are intact; free space and `ltcil resume` the run.")
 
 
 def save_checkpoint(run_dir: Path, task_index: int, state: dict) -> Path:

@@ -60,6 +60,7 @@ class Method:
     headline = "logits"  # which of predict()'s classifiers results.json's "accuracy" reports
     views = 1  # augmented views per image in training_step's x (contrastive methods: 2, concatenated)
     batch_indices = False  # True: training_step(x, y, idx) also gets the batch's indices into the train split
+    requires_memory = False  # True: the method is meaningless without exemplars (refused before data loads)
 
     def __init__(self, model: IncrementalNet, options, cfg, device: torch.device):
         self.model = model.to(device)

@@ -53,6 +53,7 @@ class BiCNet(IncrementalNet):
 @register_method("bic")
 class BiC(TeacherMethod):
     Options = BiCOptions
+    requires_memory = True  # the bias-correction split comes from the exemplars (Sec. 6.1)
 
     def __init__(self, model, options, cfg, device):
         super().__init__(BiCNet(model.backbone, model.head, options.keep_corrections), options, cfg, device)

@@ -26,6 +26,7 @@ class ICaRLOptions:
 @register_method("icarl")
 class ICaRL(TeacherMethod):
     Options = ICaRLOptions
+    requires_memory = True  # the NME classifier is the exemplars' class means
     headline = "nme"  # Alg. 1: iCaRL classifies by nearest mean of exemplars; the linear head is reported too
 
     def __init__(self, model, options, cfg, device):

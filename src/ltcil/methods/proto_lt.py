@@ -59,12 +59,10 @@ class ProtoLTOptions:
 @register_method("proto_lt")
 class ProtoLT(ReplayMethod):
     Options = ProtoLTOptions
+    requires_memory = True  # the prototypes come from exemplars (the thesis keeps 5 per class)
 
     @classmethod
     def check(cls, options, cfg):
-        if not cfg.memory.per_class and not cfg.memory.size:
-            raise ConfigError("method proto_lt keeps its prototypes from exemplars: set memory.per_class "
-                              "(the thesis uses 5) or memory.size.")
         if not 0 < options.mix_fraction <= 0.9 or not 0 < options.mix_new_share <= 1:
             raise ConfigError("method.mix_fraction must be in (0, 0.9] and method.mix_new_share in (0, 1].")
 

@@ -7,4 +7,6 @@ from .exemplar_base import ReplayMethod
 
 @register_method("replay")
 class Replay(ReplayMethod):
-    """Needs memory.size or memory.per_class > 0; with neither it is finetune."""
+    """Needs memory.size or memory.per_class > 0 (with neither it would be finetune)."""
+
+    requires_memory = True

@@ -6,18 +6,27 @@ import json
 import time
 from pathlib import Path
 
+from ..files import write_failed
+
 
 class EventLog:
     """Appends events to `path` (None: nowhere) and hands each to the `trackers` (TensorBoard, W&B)."""
 
     def __init__(self, path: Path | None, trackers=()):
         self.path = Path(path) if path is not None else None
-        self._fh = open(self.path, "a", buffering=1) if self.path is not None else None
+        try:
+            self._fh = open(self.path, "a", buffering=1) if self.path is not None else None
+        except OSError as exc:
+            raise write_failed(self.path, exc) from None
         self.trackers = list(trackers)
 
     def write(self, event: dict) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps({"time": time.time(), **event}, default=_plain) + "\n")
+            try:
+                self._fh.write(json.dumps({"time": time.time(), **event}, default=_plain) + "\n")
+            except OSError as exc:
+                raise write_failed(self.path, exc, "The checkpoints written so far are intact; `ltcil resume` "
+                                                   "the run once it can be written.") from None
         for tracker in self.trackers:
             tracker.write(event)
 
@@ -34,7 +43,3 @@ def _plain(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
-
-
-def read_events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from ..evaluation import metrics
+from ..files import write_atomic
 
 SHOT_GROUPS = ("many", "medium", "few")
 
@@ -63,7 +63,5 @@ def build_results(steps: list, scenario, config: dict, headline: str, imbalanced
 
 
 def write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text), kept="The previous version of the file is intact.")
