@@ -162,7 +162,8 @@ def test_medmnist_needs_subset(tmp_path):
 @pytest.mark.parametrize(
     "mutate,match",
     [
-        (lambda a: a.pop("test_labels"), "'test_labels' is missing"),
+        (lambda a: a.pop("test_labels"), "no test split: expected the keys 'test_images' and 'test_labels' "
+                                         r"\(or Keras-style 'x_test' and 'y_test'\)"),
         (lambda a: a.__setitem__("train_labels", a["train_labels"][:5]), "has 12 images but 'train_labels' has 5"),
         (lambda a: a.__setitem__("train_images", a["train_images"].astype(np.float32)), "must be uint8"),
         (lambda a: a.__setitem__("train_labels", np.full((12, 1), -1)), "'train_labels' holds label -1"),

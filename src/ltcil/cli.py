@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
-from .errors import LtcilError
+from .errors import LtcilError, LtcilWarning
+
+_default_showwarning = warnings.showwarning
 
 QUICKSTART = "quickstart_digits"
 
@@ -23,28 +26,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --debug is accepted after the command too (`ltcil run ... --debug`); SUPPRESS keeps the top-level value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show Python tracebacks")
 
-    run = sub.add_parser("run", help="run an experiment from a config (default: the quick start on digits)")
+    run = sub.add_parser("run", parents=[common],
+                         help="run an experiment from a config (default: the quick start on digits)")
     run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
                      help="a YAML file or shipped config name, then dotted overrides such as train.epochs=2")
     run.add_argument("--out", type=Path, help="run folder (default: runs/<method>_<data>_<time>)")
     run.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    resume = sub.add_parser("resume", help="continue a run from its last complete checkpoint")
+    resume = sub.add_parser("resume", parents=[common], help="continue a run from its last complete checkpoint")
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--quiet", action="store_true")
 
-    lst = sub.add_parser("list", help="list registered components or shipped configs")
+    lst = sub.add_parser("list", parents=[common], help="list registered components or shipped configs")
     lst.add_argument("what", choices=["methods", "datasets", "backbones", "configs"])
 
-    report = sub.add_parser("report", help="compare runs: an HTML page with inlined figures and a Markdown summary")
+    report = sub.add_parser("report", parents=[common],
+                            help="compare runs: an HTML page with inlined figures and a Markdown summary")
     report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders made by `ltcil run`")
     report.add_argument("--out", type=Path, metavar="DIR",
                         help="folder for report.html and report.md (default: the run folder when one run is given, "
                              "else reports/report_<time>)")
 
-    sweep = sub.add_parser("sweep", help="choose hyper-parameters task by task on validation data (never test)")
+    sweep = sub.add_parser("sweep", parents=[common],
+                           help="choose hyper-parameters task by task on validation data (never test)")
     sweep.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]",
                        help="the config and fixed overrides, as for `ltcil run`")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -169,9 +178,20 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """ltcil's own warnings as one paragraph ("warning: ..."), others as Python prints them."""
+    if issubclass(category, LtcilWarning):
+        text = textwrap.fill(str(message), width=100, subsequent_indent="  ", break_on_hyphens=False,
+                             break_long_words=False)
+        print("warning: " + text, file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
     from .engine import distributed
 
+    warnings.showwarning = _show_warning
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # argparse ends a positional list at the first option, so `run CONFIG --out DIR key=value` leaves the

@@ -11,3 +11,7 @@ class ConfigError(LtcilError):
 
 class DataError(LtcilError):
     pass
+
+
+class LtcilWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as "warning: ...")."""

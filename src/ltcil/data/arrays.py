@@ -1,6 +1,8 @@
-"""Custom arrays: one .npz with `{train,val,test}_{images,labels}` (the MedMNIST layout), so users bring their
-own data in one step. Images uint8 (N, H, W) or (N, H, W, C); labels (N,) or (N, 1); `val_*` and a
-`class_names` array are optional. Also the reader behind the MedMNIST source."""
+"""Custom arrays: one .npz with `{train,val,test}_{images,labels}` (the MedMNIST layout) or Keras-style
+`x_{train,val,test}` / `y_{train,val,test}`, so users bring their own data in one step. Images uint8 (N, H, W),
+(N, H, W, C) or channels-first (N, C, H, W) with C = 1 or 3; labels (N,) or (N, 1); the validation split and a
+`class_names` array are optional. Labels that are not 0..K-1 (e.g. 3, 7, 42) are renumbered in increasing order
+and the original ids become the class names. Also the reader behind the MedMNIST source."""
 
 from __future__ import annotations
 
@@ -31,19 +33,31 @@ def _array(npz, key: str, path: Path) -> np.ndarray:
                         "replace the file.") from None
 
 
+def _keys(npz, prefix: str) -> tuple[str, str] | None:
+    """The (images, labels) keys of a split in either naming, or None when the file has neither."""
+    for ikey, lkey in ((f"{prefix}_images", f"{prefix}_labels"), (f"x_{prefix}", f"y_{prefix}")):
+        if ikey in npz.files and lkey in npz.files:
+            return ikey, lkey
+    return None
+
+
 def _split(npz, prefix: str, path: Path, required: bool) -> Split | None:
-    ikey, lkey = f"{prefix}_images", f"{prefix}_labels"
-    if ikey not in npz.files or lkey not in npz.files:
+    keys = _keys(npz, prefix)
+    if keys is None:
         if not required:
             return None
-        missing = ikey if ikey not in npz.files else lkey
-        raise DataError(f"{path}: key {missing!r} is missing (keys found: {', '.join(sorted(npz.files))}).")
+        raise DataError(f"{path}: no {prefix} split: expected the keys '{prefix}_images' and '{prefix}_labels' "
+                        f"(or Keras-style 'x_{prefix}' and 'y_{prefix}'); keys found: {', '.join(sorted(npz.files))}.")
+    ikey, lkey = keys
     images = _array(npz, ikey, path)
     labels = _array(npz, lkey, path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(
-            f"{path}: {ikey!r} must be uint8 of shape (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}."
+            f"{path}: {ikey!r} must be uint8 of shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {images.dtype} "
+            f"{images.shape}."
         )
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3):
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))  # channels-first (PyTorch's layout)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]  # MedMNIST stores (N, 1)
     if labels.ndim != 1:
@@ -85,8 +99,12 @@ def read_npz(path: Path, name: str, class_names: list[str] | None = None) -> Dat
     except _READ_ERRORS as exc:  # not a zip at all, or a damaged directory
         raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); replace the file.") from None
     if class_names is None:
-        top = max((int(s.labels.max()) for s in (train, test, val) if s is not None and len(s)), default=-1)
-        class_names = [str(c) for c in range(top + 1)]
+        ids = np.unique(np.concatenate([s.labels for s in (train, test, val) if s is not None]))
+        class_names = [str(c) for c in ids.tolist()]
+        if len(ids) and ids[0] >= 0 and ids[-1] != len(ids) - 1:  # e.g. {3, 7, 42}: renumber 0..K-1
+            for split in (train, test, val):
+                if split is not None:
+                    split.labels = np.searchsorted(ids, split.labels).astype(np.int64)
     for prefix, split in (("train", train), ("val", val), ("test", test)):
         bad = split.labels[(split.labels < 0) | (split.labels >= len(class_names))] if split else []
         if len(bad):
@@ -95,6 +113,18 @@ def read_npz(path: Path, name: str, class_names: list[str] | None = None) -> Dat
     return Dataset(name, train, test, class_names, val=val, meta={"path": str(path)}).validate(str(path))
 
 
+def npz_path(root: Path) -> Path:
+    """data.root is the .npz file, or a folder holding exactly one."""
+    if root.is_dir():
+        found = sorted(root.glob("*.npz"))
+        if len(found) == 1:
+            return found[0]
+        raise DataError(f"data.root {root} is a folder holding {len(found)} .npz files"
+                        + (f" ({', '.join(p.name for p in found[:5])})" if found else "")
+                        + "; set data.root to the .npz file itself.")
+    return root
+
+
 @register_dataset("npz")
 def load(cfg: DataConfig) -> Dataset:
-    return read_npz(Path(cfg.root).expanduser(), "npz")
+    return read_npz(npz_path(Path(cfg.root).expanduser()), "npz")

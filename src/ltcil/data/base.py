@@ -81,6 +81,32 @@ class Dataset:
         return self
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse before allocating when `what` (nbytes) cannot fit in the memory available (numpy would ask the
+    system for it and die, or swap for hours)."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise DataError(f"{what} need {nbytes / 2**30:,.1f} GiB in memory, but {free / 2**30:,.1f} GiB are available; "
+                        "use a smaller data.image_size or fewer images.")
+
+
 def as_nhwc(images: np.ndarray) -> np.ndarray:
     """(N, H, W) grayscale -> (N, H, W, 1); (N, H, W, C) unchanged."""
     if images.ndim == 3:

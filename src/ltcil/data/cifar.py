@@ -61,6 +61,16 @@ _CORRUPT = (EOFError, OSError, tarfile.TarError, zlib.error, pickle.UnpicklingEr
             AttributeError, IndexError, TypeError)
 
 
+MAX_MEMBER_BYTES = 256 << 20  # CIFAR's largest pickle (CIFAR-100 train) is about 155 MB
+
+
+def check_size(size: int, source: str) -> None:
+    """A CIFAR pickle is read whole: refuse one far larger than any real one before reading it."""
+    if size > MAX_MEMBER_BYTES:
+        raise DataError(f"{source} is {size / 2**20:,.0f} MiB, far larger than any CIFAR file "
+                        f"({MAX_MEMBER_BYTES >> 20} MiB at most); this is not the CIFAR archive, or it is damaged.")
+
+
 def check_member(name: str, archive: Path) -> None:
     """Reject tar members that would escape an extraction folder (absolute paths, drive letters, '..')."""
     path = PurePosixPath(name.replace("\\", "/"))  # a Windows-made archive may use backslashes
@@ -117,6 +127,7 @@ def _read_members_from_archive(archive: Path, wanted: list[str]) -> dict[str, di
             for member in safe_members(tar, archive):
                 base = PurePosixPath(member.name).name
                 if member.isfile() and base in wanted and base not in found:
+                    check_size(member.size, f"{archive}:{member.name}")
                     found[base] = _unpickle(tar.extractfile(member).read(), f"{archive}:{member.name}")
     except DataError:
         raise
@@ -137,6 +148,7 @@ def _read_members_from_folder(folder: Path, wanted: list[str]) -> dict[str, dict
         if not path.is_file():
             raise DataError(f"{folder}: file {name!r} is missing from the extracted CIFAR folder.")
         try:
+            check_size(path.stat().st_size, str(path))
             found[name] = _unpickle(path.read_bytes(), str(path))
         except DataError:
             raise

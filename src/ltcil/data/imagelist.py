@@ -19,8 +19,9 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import read_text
 from ..registry import register_dataset
-from .base import Dataset, Split
+from .base import Dataset, Split, check_fits_in_memory
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -30,7 +31,7 @@ def read_list(path: Path) -> tuple[list[str], np.ndarray]:
     if not path.is_file():
         raise DataError(f"list file {path} does not exist (check data.root and the data.*_list keys).")
     paths, labels = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "list file", DataError).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.rsplit(maxsplit=1)  # split from the right: file names may contain spaces
@@ -131,9 +132,39 @@ def _from_lists(cfg: DataConfig, root: Path) -> tuple[dict[str, tuple[list[str],
             raise DataError(f"{root / cfg.train_list}: data.test_list (or data.val_list) must be set beside "
                             "data.train_list.")
         splits["test"] = splits.pop("val")  # the ImageNet convention: val is the test split
-    num_classes = max(int(labels.max()) for _, labels in splits.values()) + 1
+    num_classes = check_list_labels(cfg, root, splits)
     class_names = list_class_names(*splits["train"], num_classes)
     return {k: ([str(root / p) for p in paths], labels) for k, (paths, labels) in splits.items()}, class_names
+
+
+def check_list_labels(cfg: DataConfig, root: Path, splits: dict) -> int:
+    """Before anything is decoded: the train list numbers its classes 0..K-1 (a label far above the number of
+    classes is a typo, not 10^8 classes), and every other list stays within them; errors name file and line."""
+    train_labels = splits["train"][1]
+    num_classes = int(train_labels.max()) + 1
+    distinct = len(np.unique(train_labels))
+    if num_classes > 2 * distinct:
+        at = int(np.argmax(train_labels))
+        raise DataError(f"{_line_of(root / cfg.train_list, at)}: label {int(train_labels[at])} but the train list has "
+                        f"{distinct} classes; labels must number the classes 0..{distinct - 1}.")
+    for key, (_, labels) in splits.items():
+        if key != "train" and len(labels) and labels.max() >= num_classes:
+            at = int(np.argmax(labels))
+            name = getattr(cfg, f"{key}_list") or cfg.val_list  # a test split made from the val list
+            raise DataError(f"{_line_of(root / name, at)}: label {int(labels[at])} is not a class of the train list "
+                            f"(labels 0..{num_classes - 1}).")
+    return num_classes
+
+
+def _line_of(path: Path, entry: int) -> str:
+    """'<file>, line N' of the entry-th image line (blank lines and comments skipped, as read_list does)."""
+    count = -1
+    for number, line in enumerate(read_text(path, "list file", DataError).splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            count += 1
+            if count == entry:
+                return f"{path}, line {number}"
+    return str(path)
 
 
 def _from_folders(root: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
@@ -165,6 +196,9 @@ def load(cfg: DataConfig) -> Dataset:
         raise DataError(f"data.val_list / data.test_list are set but data.train_list is empty (data.root {root}).")
     else:
         splits, class_names = _from_folders(root)
+    total = sum(len(paths) for paths, _ in splits.values())
+    check_fits_in_memory(total * cfg.image_size * cfg.image_size * 3,
+                         f"{total:,} images at data.image_size={cfg.image_size} ({root})")
     decoded = {k: Split(decode_all(paths, cfg.image_size), labels) for k, (paths, labels) in splits.items()}
     return Dataset("imagelist", decoded["train"], decoded["test"], class_names, val=decoded.get("val"),
                    meta={"root": str(root)}).validate(str(root))

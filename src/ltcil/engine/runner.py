@@ -87,17 +87,20 @@ def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.d
 class Experiment:
     """Holds the pieces of a run; `run()` executes the remaining tasks."""
 
-    def __init__(self, cfg: Config, run_dir: Path, progress: Optional[bool] = None, log=print):
+    def __init__(self, cfg: Config, run_dir: Path, progress: Optional[bool] = None, log=None):
         check_components(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.log = log
+        self.log = log or (lambda text: print(text, flush=True))
         self.world, device_name = distributed.setup(cfg.device)  # a world of one outside torchrun
         self.progress = (cfg.train.progress if progress is None else progress) and self.world.is_main
         self.threads = set_threads(cfg.train.threads)
         self.device = resolve_device(device_name)
 
         t0 = time.perf_counter()
+        if self.progress:
+            where = "" if cfg.data.name in ("digits", "synthetic") else f" from {cfg.data.root}"
+            self.log(f"loading {cfg.data.name}{where} ...")
         self.dataset = registry.get("dataset", cfg.data.name, key="data.name")(cfg.data)
         val_labels = self.dataset.val.labels if self.dataset.val is not None else None
         self.scenario = build_scenario(
@@ -106,6 +109,10 @@ class Experiment:
         channels_last = cfg.train.channels_last
         self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
         self.load_seconds = time.perf_counter() - t0
+        if self.progress:
+            self.log(f"loaded {len(self.dataset.train):,} training and {len(self.dataset.test):,} test images of "
+                     f"{self.dataset.num_classes} classes ({self.load_seconds:.1f}s); {len(self.tasks)} task(s) on "
+                     f"{self.device}")
         torch.manual_seed(task_seed(cfg.seed, 0, 3))  # the initial weights depend on the seed alone
         self.method, self.new_model = build_method(cfg, self.data.in_channels, self.data.image_size, self.device)
         if channels_last:
@@ -283,7 +290,8 @@ class Experiment:
         self.next_task = t + 1
         if self.progress:
             self.log(f"task {t + 1}/{len(self.tasks)}: top-1 {head['top1']:.2f} on "
-                     f"{step['seen_classes']} classes ({timing['train']:.1f}s train)")
+                     f"{step['seen_classes']} classes ({timing['train']:.1f}s training, {timing['end']:.1f}s end of "
+                     f"task: memory, extra stages)")
 
     def _save_inside(self, task_index: int):
         """The trainer's save hook for the main training of a task: rank 0 writes partial.pt (the method state

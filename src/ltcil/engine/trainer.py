@@ -112,12 +112,16 @@ class Trainer:
             first_epoch = resume["epoch"]
         last_save = time.perf_counter()
         bar = None
-        if self.progress:
+        if self.progress:  # counts steps (a 1-epoch task moves too), the epoch in the description
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=epochs, initial=first_epoch, desc=f"task {task_index + 1} {name}", leave=False,
-                       dynamic_ncols=True)
+            full, rest = divmod(len(indices), stage.batch_size)
+            per_epoch = full + (1 if rest >= 2 else 0)
+            bar = tqdm(total=epochs * per_epoch, initial=first_epoch * per_epoch, leave=False, dynamic_ncols=True,
+                       unit="step", desc=f"task {task_index + 1} {name}")
         for epoch in range(first_epoch, epochs):
+            if bar is not None:
+                bar.set_description(f"task {task_index + 1} {name}, epoch {epoch + 1}/{epochs}")
             set_lr(optimizer, lr * lr_factor(stage, epoch, epochs))
             if on_epoch is not None:  # before train(): a hook may run the model in eval mode (e.g. clustering)
                 on_epoch(epoch, epochs)
@@ -154,6 +158,8 @@ class Trainer:
                     sums[key] = sums[key] + value if key in sums else value
                 steps += 1
                 seen += batch_images
+                if bar is not None:
+                    bar.update(1)
             if world.enabled:  # one exchange per epoch: the logged losses are means over whole batches
                 sums = distributed.sum_named(sums, self.device)
                 distributed.all_reduce_max(first_bad)
@@ -176,7 +182,6 @@ class Trainer:
                 )
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
-                bar.update(1)
             if (save is not None and epoch + 1 < epochs
                     and distributed.from_main(time.perf_counter() - last_save >= save_seconds)):
                 with distributed.averaged_buffers(modules):

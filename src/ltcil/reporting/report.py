@@ -11,6 +11,7 @@ import html
 import importlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,19 @@ class Run:
     def method(self) -> str:
         return str((self.config.get("method") or {}).get("name") or "?")
 
+    @property
+    def status(self) -> str:
+        """complete; "first k of n tasks" (scenario.max_tasks); "partial: k of n tasks" (stopped or running);
+        with ", resumed" when the event log shows a resume."""
+        done, total = len(self.results.get("accuracy") or []), len(self.results.get("tasks") or [])
+        limit = ((self.config.get("scenario") or {}).get("max_tasks") or 0)
+        text = "complete"
+        if total and done < total:
+            text = f"first {done} of {total} tasks" if limit and done >= limit else f"partial: {done} of {total} tasks"
+        if any(e.get("event") in ("resume", "resume_inside") for e in self.events):
+            text += ", resumed"
+        return text
+
 
 # ----------------------------------------------------------------------------------------------------- loading
 
@@ -62,10 +76,41 @@ def load_run(path: Path) -> Run:
         raise LtcilError(f"cannot report on {path}: {results_path} is not valid JSON ({exc}).") from None
     if not isinstance(results, dict):
         raise LtcilError(f"cannot report on {path}: {results_path} must hold a JSON object.")
+    _check_types(results, results_path)
     if not results.get("config"):
         results["config"] = _config_from_yaml(path / "config.yaml")
     name = path.resolve().name or str(path)  # `ltcil report .` is named after the folder, not "."
     return Run(name, path, results, _read_events(path / "events.jsonl"))
+
+
+def _is_number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _check_types(results: dict, path: Path) -> None:
+    """The entries the report reads have the types ltcil writes; otherwise an error naming the key."""
+    def bad(key, expected):
+        raise LtcilError(f"cannot report on {path.parent}: {path} entry {key!r} should be {expected}, "
+                         f"got {str(results[key])[:60]!r}; the file was not written by this version of ltcil, "
+                         "or was edited.")
+
+    for key, value in results.items():
+        if key in ("average_incremental_accuracy", "last_accuracy", "forgetting") or (
+                key.startswith("average_incremental_accuracy_")):
+            if not _is_number(value):
+                bad(key, "a number or null")
+        elif key.startswith("accuracy") and key != "accuracy_matrix":
+            if not isinstance(value, list) or not all(_is_number(v) for v in value):
+                bad(key, "a list of numbers (one per task)")
+    for key, kind in (("accuracy_matrix", list), ("per_class_accuracy", list), ("tasks", list),
+                      ("train_counts", list), ("timing", list), ("headline_classifier", str), ("config", dict)):
+        if key in results and results[key] is not None and not isinstance(results[key], kind):
+            bad(key, f"a {kind.__name__}")
+    for key in ("accuracy_matrix", "per_class_accuracy"):
+        if not all(isinstance(row, list) and all(_is_number(v) for v in row) for row in results.get(key) or []):
+            bad(key, "a list of lists of numbers")
+    if not all(isinstance(t, dict) for t in results.get("timing") or []):
+        bad("timing", "a list of objects")
 
 
 def _config_from_yaml(path: Path) -> dict:
@@ -158,10 +203,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def summary_table(runs: list[Run]) -> Table:
     header = ["run", "method", "avg. incremental acc.", "last acc.", "forgetting", "headline classifier",
-              "wall time (s)"]
+              "wall time (s)", "status"]
     rows = [[run.name, run.method, fmt(run.results.get("average_incremental_accuracy")),
              fmt(run.results.get("last_accuracy")), fmt(run.results.get("forgetting")),
-             str(run.results.get("headline_classifier") or "-"), fmt(wall_time(run.results), 1)]
+             str(run.results.get("headline_classifier") or "-"), fmt(wall_time(run.results), 1), run.status]
             for run in runs]
     return Table(header, rows, frozenset({2, 3, 4, 6}))
 
@@ -202,12 +247,20 @@ def _config_value(value) -> str:
 # ---------------------------------------------------------------------------------------------------- Markdown
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|])")  # intraword underscores stay literal in GFM tables
+
+
+def markdown_escape(text) -> str:
+    """A cell as literal text: run names may hold characters Markdown would read as markup or as HTML."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 def markdown_table(table: Table) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    def line(cells, escape=True):
+        return "| " + " | ".join(markdown_escape(c) if escape else str(c) for c in cells) + " |"
 
     align = ["---:" if i in table.numeric else "---" for i in range(len(table.header))]
-    return "\n".join([line(table.header), line(align)] + [line(row) for row in table.rows])
+    return "\n".join([line(table.header), line(align, escape=False)] + [line(row) for row in table.rows])
 
 
 def markdown_report(runs: list[Run], generated: str) -> str:

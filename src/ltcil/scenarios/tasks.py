@@ -6,13 +6,14 @@ Labels are remapped to arrival order (0..N-1); original ids stay in `Task.origin
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from ..config import ScenarioConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, LtcilWarning
 from .longtail import profile_counts, subsample_per_class
 from .order import class_order
 
@@ -110,6 +111,28 @@ def _balanced_validation(all_idx: np.ndarray, kept: np.ndarray, k: int, rng: np.
     return np.sort(val), np.sort(train)
 
 
+def _warn_thin_splits(cfg: ScenarioConfig, order: np.ndarray, kept: dict, train_idx: dict, test_labels) -> None:
+    """Say so when the validation split takes most of a class's training images, and when a class has no test
+    image (its accuracy is then reported as null); refuse a test split with no image of any class."""
+    taken = {c: len(kept[c]) - len(train_idx[c]) for c in order.tolist()}
+    thin = [c for c in order.tolist() if taken[c] > len(train_idx[c])]
+    if thin:
+        c = min(thin, key=lambda k: len(train_idx[k]))
+        key = "scenario.val_per_class" if cfg.val_per_class > 0 else "scenario.val_fraction"
+        warnings.warn(LtcilWarning(
+            f"{key}={getattr(cfg, key.split('.')[1])} takes more than half of the training images of {len(thin)} "
+            f"class(es): class {c} trains on {len(train_idx[c])} image(s) beside {taken[c]} validation images."))
+    test_counts = np.bincount(test_labels, minlength=int(order.max()) + 1)[order]
+    if not test_counts.any():
+        raise DataError("the test split holds no image of the scenario's classes; nothing could be evaluated.")
+    if (test_counts == 0).any():
+        missing = order[test_counts == 0]
+        warnings.warn(LtcilWarning(
+            f"{len(missing)} class(es) have no test image (class {int(missing[0])}"
+            f"{' and others' if len(missing) > 1 else ''}): their accuracy is reported as null and they do not "
+            "count in the averages."))
+
+
 def build_scenario(
     cfg: ScenarioConfig,
     train_labels: np.ndarray,
@@ -162,6 +185,7 @@ def build_scenario(
             val_idx_per_class[cls] = np.sort(perm[:n_val])
             train_idx_per_class[cls] = np.sort(perm[n_val:])
 
+    _warn_thin_splits(cfg, order, kept, train_idx_per_class, test_labels)
     tasks, start = [], 0
     for t, size in enumerate(sizes):
         original = order[start : start + size]
