@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..registry import register_dataset
-from .base import Dataset, Split
+from .base import Dataset, Split, check_fits_in_memory
 
 
 def make_synthetic(num_classes: int, per_class: int, size: int = 8, channels: int = 3, seed: int = 0,
@@ -30,4 +30,7 @@ def make_synthetic(num_classes: int, per_class: int, size: int = 8, channels: in
 
 @register_dataset("synthetic")
 def load(cfg: DataConfig) -> Dataset:
+    size = cfg.image_size or 8
+    n = cfg.num_classes * (cfg.images_per_class + max(1, cfg.images_per_class // 4))
+    check_fits_in_memory(n * size * size * 3 * 8, f"{n:,} generated images at data.image_size={size}")  # float64
     return make_synthetic(cfg.num_classes, cfg.images_per_class, cfg.image_size or 8).validate("synthetic data")
