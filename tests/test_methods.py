@@ -283,3 +283,18 @@ def test_max_tasks_runs_the_first_tasks_of_the_full_scenario(tmp_path):
     results = run_tiny(tmp_path, "method.name=icarl", "scenario.max_tasks=2")
     assert results["completed_tasks"] == 2 and len(results["accuracy"]) == 2
     assert len(results["tasks"]) == 3  # the scenario itself is unchanged
+
+
+def test_bic_correction_on_cached_logits_equals_the_image_path(tmp_path, monkeypatch):
+    # the frozen network's logits of the un-augmented validation images are computed once; an epoch of the
+    # correction then costs no network pass. Forcing the per-batch image path must fit the same scale and shift.
+    from ltcil.engine.context import TaskContext
+
+    cached = run_tiny(tmp_path / "cached", "method.name=bic", "method.bias_epochs=4")["bias_correction"]
+    original = TaskContext.frozen_stage
+    monkeypatch.setattr(TaskContext, "frozen_stage",
+                        lambda self, model, indices, augmented, embed=None: original(self, model, indices, True, embed))
+    images = run_tiny(tmp_path / "images", "method.name=bic", "method.bias_epochs=4")["bias_correction"]
+    assert [p["scale"] for p in cached] == pytest.approx([p["scale"] for p in images], abs=1e-4)
+    assert [p["shift"] for p in cached] == pytest.approx([p["shift"] for p in images], abs=1e-4)
+    assert cached[1]["scale"] != 1.0  # a correction was fitted

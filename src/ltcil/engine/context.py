@@ -36,34 +36,38 @@ class TaskContext:
             on_epoch=on_epoch,
         )
 
-    def frozen_stage(self, model, indices: np.ndarray, augmented: bool):
-        """What a stage that trains only on top of a frozen backbone (cRT, LWS, a linear probe) runs on:
-        (trainer, positions, featurize). `augmented`: the task's augmented training images, embedded by the
-        frozen backbone (eval mode, no gradient) at every step, as the papers train; otherwise the features of
-        the un-augmented images, cached once, so an epoch costs a matrix product instead of a backbone pass.
-        Pass `augment=augmented` and the returned trainer to `fit`, and call `featurize` on each batch."""
+    def frozen_stage(self, model, indices: np.ndarray, augmented: bool, embed=None):
+        """What a stage that trains only on top of a frozen network (cRT, LWS, a linear probe, BiC's bias
+        correction) runs on: (trainer, positions, featurize). `embed` maps images to what the stage trains on
+        (default: model.forward_features; BiC: the uncorrected logits). `augmented`: the task's augmented
+        training images, embedded by the frozen network (eval mode, no gradient) at every step, as the papers
+        train; otherwise the embeddings of the un-augmented images, computed once, so an epoch costs a matrix
+        product instead of a network pass. Pass `augment=augmented` and the returned trainer to `fit`, and call
+        `featurize` on each batch."""
+        embed = embed or model.forward_features
         if augmented:
             model.eval()
 
             def featurize(x):
                 with torch.no_grad():
-                    return model.forward_features(x).float()
+                    return embed(x).float()
 
             return self.trainer, np.asarray(indices), featurize
-        feats, labels = self.features(model, indices)
+        feats, labels = self.features(model, indices, embed=embed)
         trainer = Trainer(FeatureData(feats, labels), self.device, self.events, progress=False, amp=False)
         return trainer, np.arange(len(labels)), lambda f: f
 
     @torch.inference_mode()
     def features(self, model, indices: np.ndarray, split: str = "train", batch_size: Optional[int] = None,
-                 flip: bool = False):
-        """Backbone features of un-augmented images (mirrored with `flip`), in large no-grad batches; returns
-        (features, labels)."""
+                 flip: bool = False, embed=None):
+        """Backbone features (or `embed(x)`) of un-augmented images (mirrored with `flip`), in large no-grad
+        batches; returns (features, labels)."""
         model.eval()
+        embed = embed or model.forward_features
         feats, labels = [], []
         for idx in self.data.index_batches(indices, batch_size or self.cfg.eval.batch_size, shuffle=False):
             x, y = self.data.batch(split, idx)
-            feats.append(model.forward_features(x.flip(3) if flip else x).float())
+            feats.append(embed(x.flip(3) if flip else x).float())
             labels.append(y)
         if not feats:
             return torch.zeros(0, 0, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)

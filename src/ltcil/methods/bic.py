@@ -135,9 +135,19 @@ class BiC(TeacherMethod):
         for p in model.parameters():
             p.requires_grad_(False)
 
+        train_bn = opt.bias_bn == "train"
+        if train_bn:  # PyCIL: BatchNorm in training mode, so every epoch passes the images through the network
+            trainer, positions, featurize = ctx.trainer, self.val_indices, None
+        else:  # a frozen network: its logits of each validation image, cached once when not augmented
+            trainer, positions, featurize = ctx.frozen_stage(model, self.val_indices, opt.bias_augment,
+                                                            embed=model.forward_uncorrected)
+
         def step(x, y):
-            with torch.no_grad():
-                raw = model.forward_uncorrected(x)
+            if featurize is None:
+                with torch.no_grad():
+                    raw = model.forward_uncorrected(x)
+            else:
+                raw = featurize(x)
             logits = bias(raw, newest=(scale, shift))
             if opt.bias_loss == "softmax_ce":  # PyCIL: cross-entropy of the probabilities (a double softmax)
                 logits = logits.softmax(1)
@@ -148,11 +158,11 @@ class BiC(TeacherMethod):
             self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=opt.bias_weight_decay, schedule="step",
             milestones=opt.bias_milestones, gamma=0.1, warmup_epochs=0, batch_size=opt.bias_batch_size,
         )
-        train_bn = opt.bias_bn == "train"
         model.train(train_bn)  # eval: the frozen network's BatchNorm uses (and keeps) its running statistics
         try:
-            ctx.fit(step, [scale, shift], self.val_indices, stage, epochs=opt.bias_epochs, lr=opt.bias_lr,
-                    name="bias correction", augment=opt.bias_augment, modules=[model] if train_bn else ())
+            ctx.fit(step, [scale, shift], positions, stage, epochs=opt.bias_epochs, lr=opt.bias_lr,
+                    name="bias correction", augment=opt.bias_augment, modules=[model] if train_bn else (),
+                    trainer=trainer)
         finally:
             for p in model.parameters():
                 p.requires_grad_(True)
