@@ -111,3 +111,29 @@ def test_trainer_gives_views_and_indices_to_the_step(tmp_path):
         with_indices=True)
     assert all(nx == 2 * ny for nx, ny, _ in seen)
     assert sorted(torch.cat([i for _, _, i in seen]).tolist()) == sorted(np.asarray(indices).tolist())
+
+
+def test_cosine_lr_moves_every_step_inside_a_single_epoch(tmp_path):
+    # train.schedule_unit=step (default): warm-up and cosine move with each step, so a 1-epoch task anneals too
+    from ltcil.engine import trainer as trainer_module
+
+    seen = []
+    real = trainer_module.set_lr
+
+    def spy(optimizer, lr):
+        seen.append(lr)
+        real(optimizer, lr)
+
+    trainer_module.set_lr = spy
+    try:
+        run_tiny(tmp_path / "step", "scenario.max_tasks=1", "train.epochs=1", "train.schedule=cosine",
+                 "data.images_per_class=48")
+        per_step = list(seen)
+        seen.clear()
+        run_tiny(tmp_path / "epoch", "scenario.max_tasks=1", "train.epochs=1", "train.schedule=cosine",
+                 "data.images_per_class=48", "train.schedule_unit=epoch")
+    finally:
+        trainer_module.set_lr = real
+    assert len(per_step) == 6 and per_step[0] == 0.05  # 96 images / 16 per batch: one lr per step
+    assert all(a > b for a, b in zip(per_step, per_step[1:]))  # cosine decreasing inside the epoch
+    assert seen == [0.05]  # per epoch: the lr never moves in a 1-epoch task

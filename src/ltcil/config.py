@@ -96,6 +96,8 @@ class TrainConfig:
     initial_batch_size: int = 0  # batch size of the first task (0: same as batch_size)
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
+    schedule_unit: str = "step"  # step: warm-up and cosine move every step (milestones stay whole epochs) |
+    # epoch: the lr changes once per epoch (as the released LDAM-DRW and SBCL code)
     crop_padding: int = 4  # random crop with this zero padding (0 disables)
     flip: bool = True  # random horizontal flip
     color_jitter: Union[float, list] = 0.0  # brightness/contrast/saturation jitter strength (0 disables), or
@@ -163,6 +165,7 @@ _CHOICES = {
     "memory.selection": ("herding", "random", "closest"),
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("constant", "step", "cosine"),
+    "train.schedule_unit": ("step", "epoch"),
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
     "train.compile": ("off", "default", "reduce-overhead", "max-autotune", "eager"),

@@ -24,13 +24,14 @@ def build_optimizer(params, stage, lr: float, device: torch.device) -> torch.opt
     raise ValueError(f"unknown optimizer {stage.optimizer!r}")
 
 
-def lr_factor(stage, epoch: int, epochs: int) -> float:
-    """Multiplier of the base lr at `epoch` (0-based): linear warm-up, then constant / step / cosine."""
+def lr_factor(stage, epoch: float, epochs: int) -> float:
+    """Multiplier of the base lr at `epoch` (0-based; fractional inside an epoch when the schedule moves every
+    step): linear warm-up, then constant / step (milestones in whole epochs) / cosine."""
     warm = stage.warmup_epochs
     if epoch < warm:
         return (epoch + 1) / (warm + 1)
     if stage.schedule == "step":
-        return stage.gamma ** sum(epoch >= m for m in stage.milestones)
+        return stage.gamma ** sum(int(epoch) >= m for m in stage.milestones)
     if stage.schedule == "cosine":
         span = max(epochs - warm, 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))

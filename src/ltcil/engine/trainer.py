@@ -112,11 +112,12 @@ class Trainer:
             first_epoch = resume["epoch"]
         last_save = time.perf_counter()
         bar = None
+        full, rest = divmod(len(indices), stage.batch_size)
+        per_epoch = max(1, full + (1 if rest >= 2 else 0))
+        per_step = getattr(stage, "schedule_unit", "epoch") == "step"  # warm-up and cosine move every step
         if self.progress:  # counts steps (a 1-epoch task moves too), the epoch in the description
             from tqdm.auto import tqdm
 
-            full, rest = divmod(len(indices), stage.batch_size)
-            per_epoch = full + (1 if rest >= 2 else 0)
             bar = tqdm(total=epochs * per_epoch, initial=first_epoch * per_epoch, leave=False, dynamic_ncols=True,
                        unit="step", desc=f"task {task_index + 1} {name}")
         for epoch in range(first_epoch, epochs):
@@ -136,6 +137,8 @@ class Trainer:
             for idx in self.data.index_batches(order, stage.batch_size, shuffle=False, training=True):
                 if world.enabled and len(idx) < 2 * world.size:
                     continue  # a trailing batch too small to give every rank two images (BatchNorm)
+                if per_step and steps:
+                    set_lr(optimizer, lr * lr_factor(stage, epoch + steps / per_epoch, epochs))
                 # the whole batch is augmented on every rank (same generator), so each shard sees exactly the
                 # images a single process would
                 x, y = self.data.batch(split, idx, spec, dev_gen)
