@@ -40,3 +40,24 @@ def test_topk():
 
 def test_group_accuracy_empty_group_is_none():
     assert metrics.group_accuracy(np.array([0]), np.array([0]), np.array([False, True])) is None
+
+
+def test_relative_shot_groups_split_the_training_counts_in_thirds():
+    from ltcil.evaluation.metrics import shot_groups, shot_thresholds
+
+    counts = np.array([900, 800, 700, 600, 500, 400, 300, 250, 200])  # every class "many" by the absolute rule
+    assert shot_groups(counts)["many"].all()
+    many, few = shot_thresholds(counts, rule="quantile")
+    groups = shot_groups(counts, rule="quantile")
+    assert (few, many) == (np.quantile(counts, 1 / 3), np.quantile(counts, 2 / 3))
+    assert groups["many"].sum() == 3 and groups["few"].sum() == 3 and groups["medium"].sum() == 3
+
+
+def test_results_json_has_no_float_noise_but_keeps_the_config_exact(tmp_path):
+    from helpers import run_tiny
+
+    results = run_tiny(tmp_path, "scenario.max_tasks=1", "train.lr=1e-7", "scenario.imbalance_factor=3")
+    text = (tmp_path / "results.json").read_text()
+    assert "000000000" not in text.split('"config"')[0]
+    assert results["config"]["train"]["lr"] == 1e-7
+    assert results["shot_groups"]["rule"] == "absolute"

@@ -117,6 +117,7 @@ class EvalConfig:
     batch_size: int = 256  # larger batches fall out of CPU cache (ResNet-32: 700 img/s at 256, 500 at 1024)
     many_shot: int = 100  # classes with more training images than this are "many-shot"
     few_shot: int = 20  # classes with fewer training images than this are "few-shot"
+    shot_split: str = "absolute"  # absolute: the two thresholds above | quantile: thirds of the training counts
 
 
 @dataclass
@@ -176,6 +177,7 @@ _CHOICES = {
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
     "two_stage.head": ("new", "all", "none"),
     "log.report": ("auto", "always", "never"),
+    "eval.shot_split": ("absolute", "quantile"),
 }
 
 _NON_NEGATIVE = {

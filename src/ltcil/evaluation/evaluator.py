@@ -50,7 +50,7 @@ def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str 
             "new": metrics.group_accuracy(pred, target, new_mask),
             "per_class": metrics.per_class_accuracy(pred, target, seen).tolist(),
         }
-        groups = metrics.shot_groups(scenario.train_counts, eval_cfg.many_shot, eval_cfg.few_shot)
+        groups = metrics.shot_groups(scenario.train_counts, eval_cfg.many_shot, eval_cfg.few_shot, eval_cfg.shot_split)
         for group, mask in groups.items():
             entry[group] = metrics.group_accuracy(pred, target, mask)
         step["classifiers"][name] = entry

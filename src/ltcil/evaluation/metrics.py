@@ -51,8 +51,19 @@ def forgetting_per_step(matrix) -> list:
     return [forgetting([row[: t + 1] for row in matrix[: t + 1]]) for t in range(len(matrix))]
 
 
-def shot_groups(train_counts: np.ndarray, many: int = 100, few: int = 20) -> dict:
-    """many: more than `many` training images; few: fewer than `few`; medium: the rest (Liu et al. 2019)."""
+def shot_thresholds(train_counts: np.ndarray, many: float = 100, few: float = 20, rule: str = "absolute"):
+    """(many, few) thresholds: the given ones (Liu et al. 2019's >100 / <20 for CIFAR/ImageNet-LT), or with
+    rule "quantile" the 2/3 and 1/3 quantiles of the training counts, for data with hundreds of images per class
+    where every class would be "many"."""
+    if rule == "quantile" and len(train_counts):
+        low, high = np.quantile(np.asarray(train_counts, dtype=float), [1 / 3, 2 / 3])
+        return float(high), float(low)
+    return float(many), float(few)
+
+
+def shot_groups(train_counts: np.ndarray, many: float = 100, few: float = 20, rule: str = "absolute") -> dict:
+    """many: more than the many threshold of training images; few: fewer than the few one; medium: the rest."""
+    many, few = shot_thresholds(train_counts, many, few, rule)
     return {
         "many": train_counts > many,
         "medium": (train_counts <= many) & (train_counts >= few),

@@ -12,14 +12,15 @@ from ..files import write_atomic
 SHOT_GROUPS = ("many", "medium", "few")
 
 
-def _clean(obj):
-    """NaN -> None so results.json is strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
+def _clean(obj, digits: int | None = 6):
+    """NaN -> None so results.json is strict JSON; measured floats to 6 decimals (48.175, not
+    48.175000000000004). `digits=None` keeps values exact (the config: an lr of 1e-7 must stay one)."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else (obj if digits is None else round(obj, digits))
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: _clean(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [_clean(v, digits) for v in obj]
     return obj
 
 
@@ -53,13 +54,19 @@ def build_results(steps: list, scenario, config: dict, headline: str, imbalanced
         for group in SHOT_GROUPS:
             results[f"accuracy_{group}"] = [e[group] for e in head]
         # every classifier's many/medium/few series (decoupled stage 2 vs stage 1, NME vs linear, ...)
+        ev = config.get("eval", {})
+        rule = ev.get("shot_split", "absolute")
+        many, few = metrics.shot_thresholds(scenario.train_counts, ev.get("many_shot", 100), ev.get("few_shot", 20),
+                                            rule)
+        results["shot_groups"] = {"rule": rule, "many_above": many, "few_below": few}
         results["shot_accuracy"] = {
             name: {group: [s["classifiers"][name][group] for s in steps] for group in SHOT_GROUPS}
             for name in classifiers
         }
     results.update(extra)
-    results["config"] = config
-    return _clean(results)
+    results = _clean(results)
+    results["config"] = _clean(config, digits=None)
+    return results
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else f"{v:5.1f}"
+    return "-" if v is None else f"{v:.2f}"
 
 
 def summary_table(results: dict) -> str:
@@ -14,14 +14,16 @@ def summary_table(results: dict) -> str:
     extra_keys = [k for k in results if k.startswith("accuracy_") and isinstance(results[k], list)
                   and k not in ("accuracy_top5", "accuracy_old", "accuracy_new", "accuracy_matrix")]
     header += [k[len("accuracy_"):] for k in extra_keys]
-    lines.append("  ".join(f"{h:>7}" for h in header))
+    rows = []
     seen = 0
     for t, a in enumerate(acc):
         seen += len(results["tasks"][t])
         row = [str(t + 1), str(seen), _fmt(a), _fmt(results["accuracy_top5"][t]),
                _fmt(results["accuracy_old"][t]), _fmt(results["accuracy_new"][t])]
-        row += [_fmt(results[k][t]) for k in extra_keys]
-        lines.append("  ".join(f"{c:>7}" for c in row))
+        rows.append(row + [_fmt(results[k][t]) for k in extra_keys])
+    widths = [max(7, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]  # columns never run together
+    lines.append("  ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
+    lines += ["  ".join(f"{c:>{w}}" for c, w in zip(row, widths)) for row in rows]
     lines.append("")
     lines.append(f"average incremental accuracy: {_fmt(results['average_incremental_accuracy']).strip()}")
     lines.append(f"last accuracy:                {_fmt(results['last_accuracy']).strip()}")
@@ -31,12 +33,16 @@ def summary_table(results: dict) -> str:
     if shots:
         lines.append("")
         ev = results.get("config", {}).get("eval", {})
-        many, few = ev.get("many_shot", 100), ev.get("few_shot", 20)
-        lines.append(f"after the last task, by training images per class (many > {many} >= medium >= {few} > few):")
-        lines.append(f"{'classifier':>16}  {'all':>5}  {'many':>5}  {'medium':>6}  {'few':>5}")
+        grouping = results.get("shot_groups") or {"rule": "absolute", "many_above": ev.get("many_shot", 100),
+                                                   "few_below": ev.get("few_shot", 20)}
+        many, few = f"{grouping['many_above']:g}", f"{grouping['few_below']:g}"
+        how = "thirds of the training counts" if grouping["rule"] == "quantile" else "eval.many_shot / eval.few_shot"
+        lines.append(f"after the last task, by training images per class (many > {many} >= medium >= {few} > few; "
+                     f"{how}):")
+        lines.append(f"{'classifier':>16}  {'all':>6}  {'many':>6}  {'medium':>6}  {'few':>6}")
         for name, groups in shots.items():
             key = "accuracy" if name == results["headline_classifier"] else f"accuracy_{name}"
             overall = results.get(key, acc)[-1] if acc else None
-            lines.append(f"{name:>16}  {_fmt(overall)}  {_fmt(groups['many'][-1])}  "
-                         f"{_fmt(groups['medium'][-1]):>6}  {_fmt(groups['few'][-1])}")
+            lines.append(f"{name:>16}  {_fmt(overall):>6}  {_fmt(groups['many'][-1]):>6}  "
+                         f"{_fmt(groups['medium'][-1]):>6}  {_fmt(groups['few'][-1]):>6}")
     return "\n".join(lines)
