@@ -35,8 +35,11 @@ def test_every_recipe_config_takes_its_parity_overrides(key):
     assert cfg.train.epochs == 5 and cfg.train.initial_epochs == 5
     assert cfg.seed == 1 and cfg.scenario.order == "seed:1" and cfg.scenario.max_tasks == 4
     assert cfg.data.root == "/data" and cfg.train.threads == 2 and cfg.log.report == "never"
+    sched = recipes.short_schedule(rec, 5)
+    assert cfg.train.initial_milestones == sched["init"] and cfg.train.milestones == sched["later"]
     if rec.method == "bic":
         assert cfg.method["bias_epochs"] == 5  # PyCIL's stage 2 runs as many epochs as stage 1
+        assert cfg.method["bias_milestones"] == sched["bias"]
     assert cfg.scenario.initial == 10 and cfg.scenario.increment == 10 and cfg.memory.size in (0, 2000)
 
 
@@ -98,6 +101,15 @@ def test_summary_flags_a_gap_beyond_one_point_and_skips_unpaired_seeds():
     assert "GAP" in recipes.format_table([row], "pycil")
 
 
+def test_milestones_scale_to_the_short_schedule():
+    assert recipes.scale_milestones([60, 120, 170], 200, 5) == [2, 3, 4]  # 1.5, 3.0, 4.25: half up
+    assert recipes.scale_milestones([80, 120], 170, 5) == [2, 4]
+    assert recipes.scale_milestones([3], 200, 5) == [1]  # never 0
+    icarl = recipes.recipe("pycil", "icarl")
+    full = recipes.ltcil_overrides(icarl, 5, 1, 4, "/d", scaled=False)
+    assert not any("milestones" in o for o in full)
+
+
 def test_seed_list():
     assert recipes.seed_list(2) == [1993, 1]
     assert recipes.seed_list(0, [5, 7]) == [5, 7]
@@ -127,8 +139,9 @@ def test_dry_run_prints_both_commands_and_runs_nothing(tmp_path, capsys):
                   "--out", str(tmp_path / "out"), "--dry-run"])
     out = capsys.readouterr().out
     assert "pycil_adapter.py --method icarl --epochs 3 --tasks 2 --seed 1993" in out
+    assert "--init-milestones 1 2 3 --milestones 1 2" in out  # 60/120/170 of 200 and 80/120 of 170, at 3 epochs
     assert "-m ltcil run icarl_resnet32_cifar100_b0inc10_pycil train.epochs=3" in out
-    assert "scenario.max_tasks=2" in out
+    assert "scenario.max_tasks=2" in out and "train.initial_milestones=[1, 2, 3]" in out
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -137,7 +150,7 @@ def test_stored_records_are_reused(tmp_path, capsys):
     out.mkdir()
     checkout.mkdir()
     (checkout / "main.py").write_text("")
-    tag = "icarl_s1993_e3_t2"
+    tag = "icarl_s1993_e3_t2_ms"
     (out / f"pycil_{tag}.record.json").write_text(json.dumps(_record("pycil", 1993, [50.0, 30.0], 10.0)))
     (out / f"ltcil_pycil_{tag}.record.json").write_text(json.dumps(_record("ltcil", 1993, [50.5, 30.5], 4.0)))
     harness.main(["--peer", "pycil", "--methods", "icarl", "--seeds", "1", "--epochs", "3", "--tasks", "2",

@@ -56,6 +56,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--init-milestones", type=int, nargs="*", default=None, help="unused: one schedule for all tasks")
+    p.add_argument("--milestones", type=int, nargs="*", default=None,
+                   help="lr milestones (icarl: the recipe's 49, 63 when not given)")
     args = p.parse_args()
 
     import torch
@@ -112,7 +115,8 @@ def main() -> None:
         net = make_icarl_net(num_classes=100)
         net.apply(initialize_icarl_net)
         optim = SGD(net.parameters(), lr=2.0, weight_decay=1e-5, momentum=0.9)
-        sched = LRSchedulerPlugin(MultiStepLR(optim, [49, 63], gamma=1.0 / 5.0))
+        milestones = [49, 63] if args.milestones is None else args.milestones
+        sched = LRSchedulerPlugin(MultiStepLR(optim, milestones, gamma=1.0 / 5.0))
         strategy = ICaRL(feature_extractor=net.feature_extractor, classifier=net.classifier, optimizer=optim,
                          memory_size=2000, buffer_transform=transforms.Compose([icarl_augment]),
                          fixed_memory=True, plugins=[sched], **common)
@@ -121,10 +125,12 @@ def main() -> None:
         net.apply(initialize_icarl_net)
         model = torch.nn.Sequential(net.feature_extractor, IncrementalClassifier(64, initial_out_features=10))
         optim = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        plugins = [LRSchedulerPlugin(MultiStepLR(optim, args.milestones, gamma=0.1))] if args.milestones else []
         if args.method == "lwf":
-            strategy = LwF(model, optim, torch.nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0, **common)
+            strategy = LwF(model, optim, torch.nn.CrossEntropyLoss(), alpha=1.0, temperature=2.0, plugins=plugins,
+                           **common)
         else:
-            strategy = Naive(model, optim, torch.nn.CrossEntropyLoss(), **common)
+            strategy = Naive(model, optim, torch.nn.CrossEntropyLoss(), plugins=plugins, **common)
 
     seen_x, seen_y, tasks = [], [], []
     n_tasks = args.tasks or len(bench.train_stream)

@@ -10,9 +10,10 @@ Adaptations, all applied in memory to the imported modules (nothing in the check
 - data: torchvision's CIFAR-100 loader checks the official archive's md5, which the re-packed archive in
   shared/data does not have; the adapter reads the same pickles (train/test, fine labels) into the arrays
   PyCIL's iCIFAR100 expects (N, 32, 32, 3 uint8).
-- schedule: PyCIL keeps epochs as module globals of each model file (`init_epoch`, `epochs`); the adapter sets
-  them to --epochs (milestones stay as written, so a short schedule runs at the constant initial lr, as
-  ltcil's translated recipe does).
+- schedule: PyCIL keeps epochs and lr milestones as module globals of each model file (`init_epoch`, `epochs`,
+  `init_milestones`, `milestones`); the adapter sets the epochs to --epochs and, when given, the milestones to
+  --init-milestones / --milestones (the harness scales PyCIL's own to the short schedule, the same on both
+  sides; without them a short schedule runs at the constant initial lr).
 - workers: every DataLoader PyCIL builds gets --workers worker processes (PyCIL asks for 4-8; this machine
   has 2 cores and training threads need them).
 - tasks: the run stops after --tasks tasks (DataManager.nb_tasks).
@@ -65,6 +66,8 @@ def main() -> None:
     p.add_argument("--init-cls", type=int, default=10)
     p.add_argument("--increment", type=int, default=10)
     p.add_argument("--memory", type=int, default=2000)
+    p.add_argument("--init-milestones", type=int, nargs="*", default=None, help="first task's lr milestones")
+    p.add_argument("--milestones", type=int, nargs="*", default=None, help="later tasks' lr milestones")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
@@ -114,6 +117,9 @@ def main() -> None:
     for name in ("init_epoch", "epochs"):
         if hasattr(module, name):
             setattr(module, name, args.epochs)
+    for name, value in (("init_milestones", args.init_milestones), ("milestones", args.milestones)):
+        if value is not None and hasattr(module, name):
+            setattr(module, name, list(value))
     if hasattr(module, "num_workers"):
         module.num_workers = args.workers
 
@@ -141,7 +147,9 @@ def main() -> None:
         ref_file = pycil / ".git" / ref[5:] if ref.startswith("ref: ") else None
         commit = ref_file.read_text().strip() if ref_file and ref_file.exists() else ref
     result = {"toolkit": "pycil", "commit": commit, "method": args.method, "seed": args.seed,
-              "epochs": args.epochs, "tasks": tasks, "wall_s": time.perf_counter() - START,
+              "epochs": args.epochs, "tasks": tasks,
+              "milestones": {n: list(getattr(module, n)) for n in ("init_milestones", "milestones")
+                             if hasattr(module, n)}, "wall_s": time.perf_counter() - START,
               "threads": torch.get_num_threads(), "workers": args.workers, "torch": torch.__version__}
     out_path.write_text(json.dumps(result, indent=1))
 

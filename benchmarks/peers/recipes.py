@@ -70,11 +70,39 @@ def class_order(seed: int, num_classes: int = 100) -> list[int]:
     return np.random.RandomState(seed).permutation(num_classes).tolist()
 
 
-def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: str, threads: int = 0) -> list[str]:
-    """Overrides that turn the recipe's config into the parity run: the short schedule on every epoch key, the
-    seed and the peer's class order for it (`seed:N` is the same numpy permutation), the first `tasks` tasks
-    of the full 100-class scenario, no report or progress bar."""
+def scale_milestones(milestones: list, full_epochs: int, epochs: int) -> list[int]:
+    """A full schedule's lr milestones at the same fractions of a short one (rounded half up, at least 1)."""
+    return [max(1, int(m * epochs / full_epochs + 0.5)) for m in milestones]
+
+
+def short_schedule(rec: Recipe, epochs: int) -> dict:
+    """The recipe's milestones scaled to `epochs` per task: {"init": [...], "later": [...], "bias": [...]},
+    read from its ltcil config (which holds the peer's own schedule)."""
+    from ltcil.config import load_config
+
+    train = load_config(rec.config).train
+    first_epochs = train.initial_epochs or train.epochs
+    first = train.initial_milestones if train.initial_milestones is not None else train.milestones
+    out = {"init": scale_milestones(first, first_epochs, epochs),
+           "later": scale_milestones(train.milestones, train.epochs, epochs)}
+    if "method.bias_epochs" in rec.epoch_keys:
+        method = load_config(rec.config).method
+        out["bias"] = scale_milestones(method["bias_milestones"], method["bias_epochs"], epochs)
+    return out
+
+
+def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: str, threads: int = 0,
+                    scaled: bool = True) -> list[str]:
+    """Overrides that turn the recipe's config into the parity run: the short schedule on every epoch key (with
+    the recipe's lr milestones scaled to it when `scaled`, else kept: a constant lr), the seed and the peer's
+    class order for it (`seed:N` is the same numpy permutation), the first `tasks` tasks of the full 100-class
+    scenario, no report or progress bar."""
     out = [f"{key}={epochs}" for key in rec.epoch_keys]
+    if scaled:
+        sched = short_schedule(rec, epochs)
+        out += [f"train.initial_milestones={sched['init']}", f"train.milestones={sched['later']}"]
+        if "bias" in sched:
+            out.append(f"method.bias_milestones={sched['bias']}")
     out += [f"seed={seed}", f"scenario.order=seed:{seed}", f"scenario.max_tasks={tasks}", f"data.root={data_root}",
             "log.report=never", "train.progress=false", *rec.extra]
     if threads:

@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer-python", default=None, help="the peer venv's python (required unless --only ltcil)")
     p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: all cores)")
+    p.add_argument("--milestones", choices=("scaled", "full"), default="scaled",
+                   help="scaled: the recipe's lr milestones at the same fractions of the short schedule, on both "
+                        "sides (default); full: as written, so a short schedule runs at the initial lr")
     p.add_argument("--only", choices=("both", "peer", "ltcil"), default="both")
     p.add_argument("--rerun", action="store_true", help="run again even where a result is stored")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -76,11 +79,15 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
         cmd += ["--pycil", str(args.pycil)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.milestones == "scaled":
+        sched = recipes.short_schedule(rec, args.epochs)
+        cmd += ["--init-milestones", *map(str, sched["init"]), "--milestones", *map(str, sched["later"])]
     return cmd
 
 
 def ltcil_command(args, rec: recipes.Recipe, seed: int, run_dir: Path) -> list[str]:
-    overrides = recipes.ltcil_overrides(rec, args.epochs, seed, args.tasks, args.data, threads=args.threads)
+    overrides = recipes.ltcil_overrides(rec, args.epochs, seed, args.tasks, args.data, threads=args.threads,
+                                        scaled=args.milestones == "scaled")
     return [sys.executable, "-m", "ltcil", "run", rec.config, *overrides, "--out", str(run_dir), "--force",
             "--quiet"]
 
@@ -99,7 +106,7 @@ def timed(cmd: list[str], log: Path) -> float:
 def run_one(args, rec: recipes.Recipe, seed: int) -> list[dict]:
     """The peer's and ltcil's records for one (method, seed), running what is not stored yet."""
     out = args.out
-    tag = f"{rec.method}_s{seed}_e{args.epochs}_t{args.tasks}"
+    tag = f"{rec.method}_s{seed}_e{args.epochs}_t{args.tasks}" + ("_ms" if args.milestones == "scaled" else "")
     records = []
     if args.only in ("both", "peer"):
         stored = out / f"{args.peer}_{tag}.record.json"
@@ -142,12 +149,14 @@ def main(argv=None) -> None:
     rows = recipes.summarise(records)
     with open(args.out / "summary.jsonl", "w") as fh:
         for row in rows:
-            fh.write(json.dumps({"peer": args.peer, "epochs": args.epochs, "tasks": args.tasks, **row.as_dict()})
+            fh.write(json.dumps({"peer": args.peer, "epochs": args.epochs, "tasks": args.tasks,
+                                 "milestones": args.milestones, **row.as_dict()})
                      + "\n")
     print()
     print(recipes.format_table(rows, args.peer))
     print(f"\naverage incremental accuracy over the first {args.tasks or 10} tasks of CIFAR-100 B0-Inc10, "
-          f"{args.epochs} epochs per task; tol = max({recipes.TOLERANCE}, seed spread); wall: whole process, s")
+          f"{args.epochs} epochs per task, lr milestones {args.milestones}; tol = max({recipes.TOLERANCE}, seed "
+          "spread); wall: whole process, s")
 
 
 if __name__ == "__main__":
