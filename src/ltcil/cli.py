@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", type=Path)
     resume.add_argument("--quiet", action="store_true")
 
+    data = sub.add_parser("data", parents=[common], help="check a dataset and scenario without training")
+    data.add_argument("action", choices=["check"])
+    data.add_argument("items", nargs="*", metavar="[CONFIG] [key=value ...]", help="as for `ltcil run`")
+    data.add_argument("--all", action="store_true", help="list every class (default: the first and last 10)")
+
     lst = sub.add_parser("list", parents=[common], help="list registered components or shipped configs")
     lst.add_argument("what", choices=["methods", "datasets", "backbones", "configs"])
 
@@ -129,6 +134,16 @@ def _finish(experiment) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .config import load_config
+    from .datacheck import describe
+
+    config, overrides = _split_items(args.items)
+    cfg = load_config(config if config is not None else QUICKSTART, overrides)
+    print(describe(cfg, all_classes=args.all))
+    return 0
+
+
 def cmd_list(args) -> int:
     from . import registry
     from .config import shipped_configs
@@ -196,12 +211,12 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse ends a positional list at the first option, so `run CONFIG --out DIR key=value` leaves the
     # overrides after --out unparsed: they belong to the same list.
-    if extra and args.command in ("run", "sweep") and not any(e.startswith("-") for e in extra):
+    if extra and args.command in ("run", "sweep", "data") and not any(e.startswith("-") for e in extra):
         args.items += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
-               "sweep": cmd_sweep}[args.command]
+               "sweep": cmd_sweep, "data": cmd_data}[args.command]
     try:
         code = handler(args)
         distributed.teardown()

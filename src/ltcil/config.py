@@ -33,6 +33,8 @@ class DataConfig:
     train_list: str = ""  # imagelist: "<relpath> <label>" lines, relative to root (empty: class folders)
     val_list: str = ""
     test_list: str = ""
+    class_names: str = ""  # imagelist: a names file under root: one name per line in label order, or "<id> <name>"
+    # lines keyed by class folder / WordNet id (Tiny-ImageNet's words.txt, found by itself when present)
     num_classes: int = 10  # synthetic only: classes to generate
     images_per_class: int = 30  # synthetic only: training images per class (a quarter as many for test)
 

@@ -1,10 +1,15 @@
 """ImageNet-style data decoded with Pillow and resized once to data.image_size (short side, then centre crop).
 
 Two layouts under data.root:
-- class folders: `train/<class>/*.{jpg,png,...}` and `val/<class>/...` (and `test/<class>/...` if present;
-  without it, val is the test split);
+- class folders: `train/<class>/*.{jpg,png,...}` (images may sit deeper, as Tiny-ImageNet's
+  `train/<wnid>/images/`) and `val/<class>/...` (and `test/<class>/...` if present; without it, val is the test
+  split). A flat validation folder with an annotations file (`val/images/*` + `val/val_annotations.txt`, lines
+  `<file> <class> ...`, Tiny-ImageNet's layout) is read too;
 - list files (data.train_list / val_list / test_list, paths relative to data.root): one `<relpath> <label>` per
   line, the ImageNet-100/1000 and ImageNet-LT convention. Without test_list, the val list is the test split.
+Class names: the class folders (or, for lists, the folder level of the paths that tells the classes apart),
+replaced by readable names from data.class_names or a `words.txt` beside the data (`<wnid>\t<words>`).
+Only the classes a run uses are decoded (`classes`: an explicit scenario.order).
 
 Decoding runs in a thread pool (Pillow releases the GIL) into one preallocated uint8 array per split.
 """
@@ -47,15 +52,39 @@ def read_list(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def list_class_names(paths: list[str], labels: np.ndarray, num_classes: int) -> list[str]:
-    """Name each class after the folder of its first image (the WordNet id in ImageNet lists) when those folders
-    tell every class apart; otherwise "0".."K-1"."""
+    """Name each class after a folder of its first image (the WordNet id in ImageNet lists): the nearest folder
+    level that tells every class apart (Tiny-ImageNet's `train/<wnid>/images/x.JPEG`: two levels up); "0".."K-1"
+    when none does."""
     first: dict[int, str] = {}
     for path, label in zip(paths, labels.tolist()):
-        first.setdefault(label, Path(path).parent.name)
-    names = [first.get(c, "") for c in range(num_classes)]
-    if all(names) and len(set(names)) == num_classes:
-        return names
+        first.setdefault(label, path)
+    for level in range(1, 4):
+        names = []
+        for c in range(num_classes):
+            parts = Path(first[c]).parts if c in first else ()
+            names.append(parts[-1 - level] if len(parts) > level else "")
+        if all(names) and len(set(names)) == num_classes:
+            return names
     return [str(c) for c in range(num_classes)]
+
+
+def readable_names(names: list[str], root: Path, cfg_file: str) -> list[str]:
+    """Replace ids by readable names from data.class_names (or words.txt under root): a file of one name per line
+    in label order, or of `<id> <name>` lines keyed by the current names (WordNet ids)."""
+    path = root / cfg_file if cfg_file else next((p for p in (root / "words.txt", root.parent / "words.txt")
+                                                  if p.is_file()), None)
+    if path is None:
+        return names
+    lines = [line for line in read_text(path, "class names file", DataError).splitlines() if line.strip()]
+    keyed = dict(line.split(None, 1) for line in lines if len(line.split(None, 1)) == 2)
+    if any(n in keyed for n in names):  # <id> <name> lines (words.txt keeps only its first synonym)
+        return [keyed[n].split(",")[0].strip() if n in keyed else n for n in names]
+    if cfg_file:
+        if len(lines) != len(names):
+            raise DataError(f"class names file {path} has {len(lines)} lines but the data has {len(names)} classes; "
+                            "give one name per line in label order, or '<id> <name>' lines.")
+        return [line.strip() for line in lines]
+    return names
 
 
 def scan_folders(split_dir: Path, classes: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -73,13 +102,42 @@ def scan_folders(split_dir: Path, classes: list[str] | None) -> tuple[list[str],
         raise DataError(f"{split_dir / unknown[0]}: class folder {unknown[0]!r} does not exist in the train split.")
     paths, labels = [], []
     for c in found:
-        for f in sorted((split_dir / c).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+        # any depth below the class folder: Tiny-ImageNet keeps train/<wnid>/images/*.JPEG
+        for f in sorted((split_dir / c).rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.relative_to(split_dir).parts):
                 paths.append(str(f))
                 labels.append(index[c])
     if not paths:
-        raise DataError(f"{split_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise DataError(f"{split_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders "
+                        "or below them.")
     return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def read_annotations(split_dir: Path, classes: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """A flat validation folder described by an annotations file (Tiny-ImageNet: `val/val_annotations.txt` with
+    `<file>\t<wnid>\t<box>` lines, images in `val/images/`); None when there is no such file."""
+    ann = next((p for p in (split_dir / "val_annotations.txt", split_dir / "annotations.txt") if p.is_file()), None)
+    if ann is None:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    images = split_dir / "images" if (split_dir / "images").is_dir() else split_dir
+    paths, labels = [], []
+    for number, line in enumerate(read_text(ann, "annotations file", DataError).splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2 or parts[1] not in index:
+            raise DataError(f"{ann}, line {number}: expected '<file> <class folder name> ...' naming a train class, "
+                            f"got {line.strip()!r}.")
+        paths.append(str(images / parts[0]))
+        labels.append(index[parts[1]])
+    if not paths:
+        raise DataError(f"annotations file {ann} lists no images.")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _split_folder(split_dir: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    return read_annotations(split_dir, classes) or scan_folders(split_dir, classes)[:2]
 
 
 def decode(path: str, size: int) -> np.ndarray:
@@ -173,17 +231,25 @@ def _from_folders(root: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], 
                         "or set data.train_list (and data.val_list / data.test_list) to list files.")
     paths, labels, class_names = scan_folders(root / "train", None)
     splits = {"train": (paths, labels)}
-    if (root / "test").is_dir():
-        splits["test"] = scan_folders(root / "test", class_names)[:2]
+    if (root / "test").is_dir() and not _is_unlabelled(root / "test"):
+        splits["test"] = _split_folder(root / "test", class_names)
         if (root / "val").is_dir():
-            splits["val"] = scan_folders(root / "val", class_names)[:2]
+            splits["val"] = _split_folder(root / "val", class_names)
     else:
-        splits["test"] = scan_folders(root / "val", class_names)[:2]
+        splits["test"] = _split_folder(root / "val", class_names)
     return splits, class_names
 
 
+def _is_unlabelled(split_dir: Path) -> bool:
+    """Tiny-ImageNet's test/ holds images/ only (no labels, no annotations): it cannot be a test split."""
+    subdirs = [d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    annotated = any((split_dir / name).is_file() for name in ("val_annotations.txt", "annotations.txt"))
+    return subdirs == ["images"] and not annotated
+
+
 @register_dataset("imagelist")
-def load(cfg: DataConfig) -> Dataset:
+def load(cfg: DataConfig, classes: set | None = None) -> Dataset:
+    """`classes`: original class ids to decode (the others keep their names but no images)."""
     root = Path(cfg.root).expanduser()
     if cfg.image_size <= 0:
         raise DataError(f"data.image_size must be set (> 0) to read images from {root}: they are resized once "
@@ -196,6 +262,10 @@ def load(cfg: DataConfig) -> Dataset:
         raise DataError(f"data.val_list / data.test_list are set but data.train_list is empty (data.root {root}).")
     else:
         splits, class_names = _from_folders(root)
+    if classes is not None:
+        splits = {k: ([p for p, keep in zip(paths, np.isin(labels, list(classes))) if keep],
+                      labels[np.isin(labels, list(classes))]) for k, (paths, labels) in splits.items()}
+    class_names = readable_names(class_names, root, cfg.class_names)
     total = sum(len(paths) for paths, _ in splits.values())
     check_fits_in_memory(total * cfg.image_size * cfg.image_size * 3,
                          f"{total:,} images at data.image_size={cfg.image_size} ({root})")

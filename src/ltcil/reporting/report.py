@@ -225,6 +225,21 @@ def accuracy_table(runs: list[Run]) -> Table:
     return Table(header, rows, frozenset(range(2, len(header))))
 
 
+def hardest_classes_table(runs: list[Run], count: int = 10) -> Table:
+    """The `count` classes with the lowest accuracy after each run's last evaluated task, by name."""
+    header = ["run", "class", "training images", "accuracy"]
+    rows = []
+    for run in runs:
+        per_class = (run.results.get("per_class_accuracy") or [[]])[-1] or []
+        names = run.results.get("class_names") or []
+        counts = run.results.get("train_counts") or []
+        scored = [(a, c) for c, a in enumerate(per_class) if a is not None]
+        for acc, c in sorted(scored)[:count]:
+            name = names[c] if c < len(names) else str(c)
+            rows.append([run.name, name, str(counts[c]) if c < len(counts) else "-", fmt(acc)])
+    return Table(header, rows, frozenset({2, 3}))
+
+
 def config_diff_table(runs: list[Run]) -> Table:
     """Dotted config keys whose values differ between the runs (a key only some runs have counts as differing)."""
     flats = [flatten(run.config) for run in runs]
@@ -268,6 +283,7 @@ def markdown_report(runs: list[Run], generated: str) -> str:
         "# ltcil report", "", f"{len(runs)} run(s), generated {generated}. Accuracies are top-1 in %.", "",
         "## Summary", "", markdown_table(summary_table(runs)), "",
         "## Accuracy after each task", "", markdown_table(accuracy_table(runs)), "",
+        "## Hardest classes after the last task", "", markdown_table(hardest_classes_table(runs)), "",
     ])
 
 
@@ -308,7 +324,8 @@ def html_report(runs: list[Run], figures: list[tuple[str, str, str | None]], gen
     intro = f"{len(runs)} run(s): {names}. Generated {generated}. Accuracies are top-1 in %."
     parts = [f'<h1>ltcil report</h1><p class="note">{esc(intro)}</p>',
              "<h2>Summary</h2>", html_table(summary_table(runs)),
-             "<h2>Accuracy after each task</h2>", html_table(accuracy_table(runs))]
+             "<h2>Accuracy after each task</h2>", html_table(accuracy_table(runs)),
+             "<h2>Hardest classes after the last task</h2>", html_table(hardest_classes_table(runs))]
     for title, caption, uri in figures:
         parts += [f"<h2>{esc(title)}</h2>", f'<p class="note">{esc(caption)}</p>', _figure_html(title, uri)]
     parts += ["<h2>Config differences</h2>", _config_diff_html(runs), "<h2>Run folders</h2>",
