@@ -19,7 +19,8 @@ from ltcil.heads.cosine import CosineLinear
 from ltcil.impressions import ImpressionConfig, learning_rate, synthesize
 from ltcil.layers.continual_norm import ContinualNorm, convert_norm
 from ltcil.methods.base import IncrementalNet
-from ltcil.methods.ccsi import CCSI, class_centroids, class_weights, idc_loss, margin_ranking
+from ltcil.losses.ccsi import class_centroids, class_weights, idc_loss, margin_ranking
+from ltcil.methods.ccsi import CCSI
 from ltcil.reporting.png import image_grid, write_png
 
 CCSI_TINY = ["method.name=ccsi", "memory.size=0", "scenario.val_fraction=0.2", "method.synth_per_class=6",

@@ -27,9 +27,7 @@ def test_starts_empty_and_grows(head_cls):
     assert head.num_classes == 5 and head(x).shape == (4, 5)
     head.add_classes(0)
     assert head.num_classes == 5
-    head.ensure_classes(3)
-    assert head.num_classes == 5
-    head.ensure_classes(7)
+    head.add_classes(2)
     assert head.num_classes == 7 and head(x).shape == (4, 7)
     with pytest.raises(ValueError):
         head.add_classes(-1)

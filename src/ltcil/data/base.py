@@ -34,10 +34,6 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # (H, W, C)
-
     def splits(self):
         yield "train", self.train
         yield "test", self.test

@@ -86,10 +86,6 @@ class DeviceData:
                 break
             yield chunk
 
-    def steps_per_epoch(self, n: int, batch_size: int) -> int:
-        full, rest = divmod(n, batch_size)
-        return full + (1 if rest >= 2 else 0)
-
 
 class FeatureData:
     """Cached features standing in for images, with DeviceData's batch interface: a stage on a frozen backbone

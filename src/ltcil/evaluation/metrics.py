@@ -81,3 +81,12 @@ def topk_correct(logits: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     k = min(k, logits.shape[1])
     top = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
     return (top == target[:, None]).any(axis=1)
+
+
+def mean_class_accuracy(pred, target) -> float:
+    """Accuracy averaged over classes (torch tensors), the quantity a balanced test set measures."""
+    import torch
+
+    classes = torch.unique(target)
+    hits = torch.stack([(pred[target == c] == c).float().mean() for c in classes])
+    return float(hits.mean() * 100)

@@ -44,10 +44,6 @@ class IncrementalLinear(nn.Module):
         if n:
             self._resize(self.num_classes + n)
 
-    def ensure_classes(self, n: int) -> None:
-        """Grow to at least n classes (no-op when already that large)."""
-        self.add_classes(max(0, n - self.num_classes))
-
     def _resize(self, n: int) -> None:
         # The new tensors inherit device, dtype and requires_grad from the current ones.
         keep = min(n, self.num_classes)

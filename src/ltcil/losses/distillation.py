@@ -6,15 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 2.0, t_squared: bool = False) -> torch.Tensor:
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float = 2.0) -> torch.Tensor:
     """Hinton et al. 2015 distillation, batch mean. LwF (Li & Hoiem 2017, Eq. 2) and BiC (Wu et al. 2019, Eq. 1)
     write it as the soft-target cross-entropy -sum softmax(teacher/T) log softmax(student/T), without T^2.
     We compute KL(teacher || student) instead: the same gradient (they differ by the teacher's entropy, a
     constant), and exactly zero when the student reproduces the teacher."""
     log_p_teacher = F.log_softmax(teacher.float() / T, dim=1)
     log_p_student = F.log_softmax(student.float() / T, dim=1)
-    loss = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1).mean()
-    return loss * T * T if t_squared else loss
+    return (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1).mean()
 
 
 def sigmoid_targets_bce(

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..data.sampling import SAMPLERS
 from ..errors import ConfigError
+from ..evaluation.metrics import mean_class_accuracy
 from ..heads.linear import IncrementalLinear
 from ..registry import register_method
 from .exemplar_base import ReplayMethod
@@ -52,13 +53,6 @@ def tau_normalized_logits(features: torch.Tensor, weight: torch.Tensor, tau: flo
     """Sec. 4, Eq. 3: logits with w_c / ||w_c||^tau (tau = 0: the raw weights without bias)."""
     norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return F.linear(features, weight / norms.pow(tau))
-
-
-def mean_class_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Accuracy averaged over classes, the quantity a balanced test set measures."""
-    classes = torch.unique(target)
-    hits = torch.stack([(pred[target == c] == c).float().mean() for c in classes])
-    return float(hits.mean() * 100)
 
 
 @register_method("decoupled")

@@ -35,7 +35,7 @@ from ..losses.contrastive import class_temperatures, sbcl_loss, supcon_loss
 from ..losses.longtail import class_balanced_weights, ldam_loss, ldam_margins
 from ..registry import register_method
 from .base import train_class_counts
-from .decoupled import mean_class_accuracy
+from ..evaluation.metrics import mean_class_accuracy
 from .exemplar_base import ReplayMethod
 
 
