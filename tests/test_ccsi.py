@@ -173,10 +173,10 @@ def test_no_real_old_class_image_reaches_a_batch_after_its_task(tmp_path, monkey
     seen = []  # (task, labels of the real images' indices)
     original = CCSI.training_step
 
-    def spy(self, x, y, idx=None):
-        labels = self._ctx.data.labels["train"][idx.to(self._ctx.data.labels["train"].device)]
-        seen.append((self._ctx.task_index, labels.cpu(), y[: len(idx)].cpu()))
-        return original(self, x, y, idx)
+    def spy(self, x, y, idx, ctx):
+        labels = ctx.data.labels["train"][idx.to(ctx.data.labels["train"].device)]
+        seen.append((ctx.task_index, labels.cpu(), y[: len(idx)].cpu()))
+        return original(self, x, y, idx, ctx)
 
     monkeypatch.setattr(CCSI, "training_step", spy)
     exp = Experiment(tiny_config(*CCSI_TINY), tmp_path)

@@ -31,11 +31,11 @@ def stop_at(experiment, call: int):
     """Raise inside the main training when begin_epoch is called for the `call`-th time (1-based)."""
     original, calls = experiment.method.begin_epoch, [0]
 
-    def begin_epoch(epoch, epochs):
+    def begin_epoch(epoch, epochs, ctx=None):
         calls[0] += 1
         if calls[0] == call:
             raise Stop
-        original(epoch, epochs)
+        original(epoch, epochs, ctx)
 
     experiment.method.begin_epoch = begin_epoch
 

@@ -45,9 +45,10 @@ class DeviceData:
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float().div_(255)
-        return self._finish(x)
+        return self.finish(x)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (NCHW) -> the normalised input of the network (memory layout included)."""
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -68,7 +69,7 @@ class DeviceData:
             return self.normalize(x), y
         x = augment_uint8(x, augment, gen).float().div_(255)
         x = augment_float(x, augment, gen)
-        return self._finish(x), y
+        return self.finish(x), y
 
     def index_batches(
         self, indices, batch_size: int, gen: Optional[torch.Generator] = None, shuffle: bool = True,

@@ -1,35 +1,54 @@
-"""What a method may use during a task: the scenario, the device data, the trainer and this task's RNGs."""
+"""What a method may use during a task: the scenario, the device data, the engine's loop and this task's RNGs.
+
+It is the one way a method reaches the engine: an extra training stage goes through `fit` (on images, or on
+cached features with `features=`), its settings through `stage`, features and class means through `features`
+and `class_means`; inside `training_step` a method that sets `needs_context` gets it as `ctx=`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from ..data.loader import FeatureData
+from ..config import Config, TrainConfig
+from ..data.loader import DeviceData, FeatureData
+from ..scenarios import Scenario, Task
 from .trainer import Trainer
 
 
 @dataclass
 class TaskContext:
-    cfg: object
-    scenario: object
-    data: object  # DeviceData
-    trainer: object  # Trainer
+    cfg: Config
+    scenario: Scenario
+    data: DeviceData
+    trainer: Trainer
     device: torch.device
     gens: tuple  # (cpu generator, device generator), derived from (seed, task)
-    events: object
+    events: object  # reporting.events.EventLog
     task_index: int
-    rebuild_model: object = None  # callable returning a freshly initialised IncrementalNet
+    rebuild_model: Optional[Callable] = None  # a freshly initialised network of the method (its build_network)
     run_dir: Optional[Path] = None  # where a method may leave pictures (CCSI's impressions)
+    task: Optional[Task] = None  # the task being trained
+    train_indices: Optional[np.ndarray] = None  # what the main training visits (the method's train_indices)
+
+    def stage(self, **overrides) -> TrainConfig:
+        """The settings of an extra stage: the run's train section with `overrides` (optimizer, schedule,
+        milestones, batch_size, sampler, ...)."""
+        return dataclasses.replace(self.cfg.train, **overrides)
 
     def fit(self, step_fn, params, indices: np.ndarray, stage=None, *, epochs: int, lr: float, name: str,
-            split: str = "train", augment: bool = True, modules=(), on_epoch=None, trainer=None) -> list:
-        """Run an extra training stage (bias correction, classifier re-training) through the engine's loop;
-        `trainer` replaces the task's trainer (e.g. one over cached features)."""
+            split: str = "train", augment: bool = True, modules=(), on_epoch=None, trainer=None,
+            features: Optional[tuple] = None) -> list:
+        """Run an extra training stage (bias correction, classifier re-training) through the engine's loop.
+        `features=(feats, labels)`: the stage runs over those cached features (indices are positions into
+        them), so an epoch costs no network pass; `trainer` (from frozen_stage) replaces the task's trainer."""
+        if features is not None:
+            trainer = Trainer(FeatureData(*features), self.device, self.events, progress=False, amp=False)
         return (trainer or self.trainer).fit(
             step_fn, params, indices, stage if stage is not None else self.cfg.train, epochs=epochs, lr=lr,
             gens=self.gens, task_index=self.task_index, name=name, split=split, augment=augment, modules=modules,

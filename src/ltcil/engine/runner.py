@@ -6,6 +6,7 @@ Every arrow is a plain function call on plain data; see DESIGN.md for the flow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import time
@@ -237,7 +238,7 @@ class Experiment:
         cfg, t = self.cfg, task.index
         seed_task(cfg.seed, t)
         ctx = TaskContext(cfg, self.scenario, self.data, trainer, self.device,
-                          generators(cfg.seed, t, self.device), events, t, self.new_model, self.run_dir)
+                          generators(cfg.seed, t, self.device), events, t, self.new_model, self.run_dir, task=task)
         timing = {"task": t}
         t0 = time.perf_counter()
         self.method.begin_task(task, ctx)
@@ -258,14 +259,18 @@ class Experiment:
                 else cfg.train.weight_decay,
                 batch_size=cfg.train.initial_batch_size or cfg.train.batch_size,
             )
-        indices = self.method.train_indices(task, ctx)
+        indices = ctx.train_indices = self.method.train_indices(task, ctx)
         self.method.train_counts = train_class_counts(ctx, indices, self.method.model.num_classes)
         resume = self._resume_inside(t, events)
         if resume is not None:
             timing["resumed_at_epoch"] = resume["epoch"]
-        trainer.fit(self.method.training_step, self.method.trainable_parameters(), indices, stage,
+        step = self.method.training_step
+        if self.method.needs_context:  # what a step needs of the task comes through the context, as ctx=
+            step = functools.partial(step, ctx=ctx)
+        trainer.fit(step, self.method.trainable_parameters(), indices, stage,
                     epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model],
-                    on_epoch=self.method.begin_epoch, augment_spec=self.method.augmentation(),
+                    on_epoch=functools.partial(self.method.begin_epoch, ctx=ctx),
+                    augment_spec=self.method.augmentation(),
                     views=self.method.views, with_indices=self.method.batch_indices, resume=resume,
                     save=self._save_inside(t) if cfg.train.checkpoint_minutes > 0 else None,
                     save_seconds=cfg.train.checkpoint_minutes * 60)

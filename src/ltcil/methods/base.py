@@ -60,6 +60,7 @@ class Method:
     headline = "logits"  # which of predict()'s classifiers results.json's "accuracy" reports
     views = 1  # augmented views per image in training_step's x (contrastive methods: 2, concatenated)
     batch_indices = False  # True: training_step(x, y, idx) also gets the batch's indices into the train split
+    needs_context = False  # True: training_step(..., ctx=TaskContext) gets the task's data and generators
     requires_memory = False  # True: the method is meaningless without exemplars (refused before data loads)
 
     def __init__(self, model: IncrementalNet, options, cfg, device: torch.device):
@@ -96,8 +97,8 @@ class Method:
         """The AugmentSpec of the main training (None: the train config's crop/flip/jitter)."""
         return None
 
-    def begin_epoch(self, epoch: int, epochs: int) -> None:
-        """Called before each epoch of the task's main training (0-based epoch)."""
+    def begin_epoch(self, epoch: int, epochs: int, ctx: Optional["TaskContext"] = None) -> None:
+        """Called before each epoch of the task's main training (0-based epoch), with the task's context."""
 
     def epoch_state(self) -> dict:
         """What begin_epoch keeps from one epoch to the next beyond state_dict() (tensors and plain data): saved

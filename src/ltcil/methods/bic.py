@@ -154,10 +154,8 @@ class BiC(TeacherMethod):
             ce = F.cross_entropy(logits, y)
             return {"loss": ce + opt.shift_penalty * shift ** 2 / 2, "ce": ce}
 
-        stage = dataclasses.replace(
-            self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=opt.bias_weight_decay, schedule="step",
-            milestones=opt.bias_milestones, gamma=0.1, warmup_epochs=0, batch_size=opt.bias_batch_size,
-        )
+        stage = ctx.stage(optimizer="sgd", momentum=0.9, weight_decay=opt.bias_weight_decay, schedule="step",
+                          milestones=opt.bias_milestones, gamma=0.1, warmup_epochs=0, batch_size=opt.bias_batch_size)
         model.train(train_bn)  # eval: the frozen network's BatchNorm uses (and keeps) its running statistics
         try:
             ctx.fit(step, [scale, shift], positions, stage, epochs=opt.bias_epochs, lr=opt.bias_lr,

@@ -104,7 +104,6 @@ class CCSI(TeacherMethod):
         self.mean_images = torch.zeros(0, device=device)  # per class, pixel scale [0, 1]: the only class data kept
         self.synthetic = None  # (images in input space, labels) of the current task
         self.synthesis_log: list = []
-        self._ctx = None
 
     # --- task hooks --------------------------------------------------------------------------------------
     def begin_task(self, task, ctx):
@@ -114,7 +113,6 @@ class CCSI(TeacherMethod):
                               "and this scenario has no validation split. Set scenario.val_fraction (e.g. 0.1) or "
                               "scenario.val_per_class, or method.idc=0.")
         super().begin_task(task, ctx)  # teacher = frozen copy of the previous model; head grows
-        self._ctx = ctx
         self.remember_mean_images(task, ctx)
         head = self.model.head
         head.frozen = self.old_classes
@@ -153,7 +151,7 @@ class CCSI(TeacherMethod):
         labels = torch.arange(old, device=self.device).repeat_interleave(o.synth_per_class)
         labels = labels[torch.randperm(len(labels), generator=cpu_gen).to(self.device)]  # classes mixed per batch
         noise = torch.randn(len(labels), *self.mean_images.shape[1:], generator=cpu_gen).to(self.device)
-        init = data._finish((self.mean_images[labels] + o.synth_noise * noise).clamp(0, 1))
+        init = data.finish((self.mean_images[labels] + o.synth_noise * noise).clamp(0, 1))
         low, high = (0 - data.mean) / data.std, (1 - data.mean) / data.std
         cfg = ImpressionConfig(
             iterations=o.synth_iterations, lr=o.synth_lr, warmup=o.synth_warmup, main=o.synth_main, bn=o.synth_bn,
@@ -185,11 +183,12 @@ class CCSI(TeacherMethod):
 
     def end_task(self, task, ctx):
         self.synthetic = None
-        self._ctx = None
         self.model.head.frozen = 0
 
     # --- training ----------------------------------------------------------------------------------------
-    def begin_epoch(self, epoch, epochs):
+    needs_context = True  # impressions and the unlabelled validation batches draw from the task's generators
+
+    def begin_epoch(self, epoch, epochs, ctx=None):
         self._centroids = None  # IdC centroids restart every epoch (released code)
 
     def _class_weights(self):
@@ -202,23 +201,23 @@ class CCSI(TeacherMethod):
             self._weights = class_weights(real, fake, self.options.ratio, self.options.class_weights)
         return self._weights
 
-    def _synthetic_batch(self, real: int):
+    def _synthetic_batch(self, real: int, ctx):
         images, labels = self.synthetic
         n = min(len(labels), max(1, round(real * self.options.ratio / (1 - self.options.ratio))))
-        pick = torch.randint(len(labels), (n,), generator=self._ctx.gens[0]).to(self.device)
+        pick = torch.randint(len(labels), (n,), generator=ctx.gens[0]).to(self.device)
         return images.index_select(0, pick), labels.index_select(0, pick)
 
-    def _val_batch(self, size: int):
-        ctx, val = self._ctx, self._current_val
+    def _val_batch(self, size: int, ctx):
+        val = ctx.task.val_indices
         pick = torch.randint(len(val), (min(size, len(val)),), generator=ctx.gens[0])
         x, _ = ctx.data.batch(ctx.scenario.val_pool, torch.as_tensor(val)[pick])  # labels are never read
         return x
 
-    def training_step(self, x, y, idx=None):
+    def training_step(self, x, y, idx, ctx):
         o = self.options
         n_real = len(x)
         if self.synthetic is not None and o.ratio > 0:
-            xs, ys = self._synthetic_batch(n_real)
+            xs, ys = self._synthetic_batch(n_real, ctx)
             x, y = torch.cat([x, xs]), torch.cat([y, ys])
         feats = self.model.forward_features(x)
         head = self.model.head
@@ -239,17 +238,17 @@ class CCSI(TeacherMethod):
                 losses["margin"] = margin_ranking(cos[old_rows], y[old_rows], self.old_classes, o.margin, o.top_k)
                 loss = loss + o.margin_weight * losses["margin"]
         if o.idc > 0 and self.teacher is not None:  # the first task trains on weighted CE only (release)
-            losses["idc"] = self._idc_loss(cos, y)
+            losses["idc"] = self._idc_loss(cos, y, ctx)
             loss = loss + o.idc * losses["idc"]
         losses["loss"] = loss
         return losses
 
-    def _idc_loss(self, cos: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _idc_loss(self, cos: torch.Tensor, y: torch.Tensor, ctx) -> torch.Tensor:
         """Intra-domain contrastive loss between training-batch class centroids (source) and pseudo-labelled
         unlabelled real images (target), both EMAs over the epoch. As in the release, the unlabelled batch goes
         through the model in training mode and its gradient counts."""
         head, o = self.model.head, self.options
-        target_cos = head.cosines(self.model.forward_features(self._val_batch(len(y))))
+        target_cos = head.cosines(self.model.forward_features(self._val_batch(len(y), ctx)))
         source = class_centroids(cos, y, head.num_classes)
         target = class_centroids(target_cos, target_cos.argmax(1), head.num_classes)
         if self._centroids is not None:
@@ -258,10 +257,6 @@ class CCSI(TeacherMethod):
             target = (1 - m) * self._centroids[1] + m * target
         self._centroids = (source.detach(), target.detach())
         return idc_loss(source, target, o.idc_temperature)
-
-    def train_indices(self, task, ctx):
-        self._current_val = task.val_indices
-        return task.train_indices
 
     # --- state -------------------------------------------------------------------------------------------
     def state_dict(self):

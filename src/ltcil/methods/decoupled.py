@@ -77,7 +77,6 @@ class Decoupled(ReplayMethod):
         self.crt_head = None  # IncrementalLinear over all seen classes, refitted from scratch every task
         self.lws_scales = None  # (num_classes,) learned scales of the stage-1 logits
         self.tau = None  # chosen on validation; None when the scenario has no validation split
-        self.stage_indices = np.zeros(0, dtype=np.int64)
 
     def begin_task(self, task, ctx):
         has_val = sum(len(t.val_indices) for t in ctx.scenario.tasks) > 0
@@ -87,17 +86,14 @@ class Decoupled(ReplayMethod):
                 "scenario.val_fraction (or scenario.val_per_class), or use a dataset with its own validation split."
             )
         super().begin_task(task, ctx)
-        self.stage_indices = self.train_indices(task, ctx)  # what stage 1 trains on, before memory changes
 
     def end_task(self, task, ctx):
         augmented = self.options.stage2_features == "augmented"
-        data = ctx.frozen_stage(self.model, self.stage_indices, augmented)
-        stage = dataclasses.replace(
-            self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=self.options.weight_decay,
-            schedule="cosine", warmup_epochs=0, batch_size=self.options.batch_size, sampler=self.options.sampler,
-        )
-        self._fit_crt(ctx, data, stage, augmented)
-        self._fit_lws(ctx, data, dataclasses.replace(stage, weight_decay=0.0), augmented)
+        data = ctx.frozen_stage(self.model, ctx.train_indices, augmented)  # what stage 1 trained on
+        settings = dict(optimizer="sgd", momentum=0.9, schedule="cosine", warmup_epochs=0,
+                        batch_size=self.options.batch_size, sampler=self.options.sampler)
+        self._fit_crt(ctx, data, ctx.stage(weight_decay=self.options.weight_decay, **settings), augmented)
+        self._fit_lws(ctx, data, ctx.stage(weight_decay=0.0, **settings), augmented)
         self._choose_tau(task, ctx)
         super().end_task(task, ctx)  # memory update last: stage 2 used the task's training set
 

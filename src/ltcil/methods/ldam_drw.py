@@ -42,7 +42,7 @@ class LDAMDRW(ReplayMethod):
         super().__init__(model, options, cfg, device)
         self.margins = self.class_weights = self.weights = None
 
-    def begin_epoch(self, epoch, epochs):
+    def begin_epoch(self, epoch, epochs, ctx=None):
         if epoch == 0:  # train_counts: images per class of this task's training indices, set by the engine
             self.margins = ldam_margins(self.train_counts, self.options.max_margin)
             self.class_weights = class_balanced_weights(self.train_counts, self.options.beta)

@@ -21,7 +21,6 @@ memory batch (the release loops over every memory batch per step).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from ..data.augment import AugmentSpec
-from ..data.loader import FeatureData
-from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..heads.prototype import PrototypeHead
 from ..losses.prototype import batch_prototypes, centre_loss, prototype_spread_loss, pull_loss, push_loss, sample_mix
@@ -70,7 +67,6 @@ class ProtoLT(ReplayMethod):
         model.head = PrototypeHead(model.backbone.num_features)
         super().__init__(model, options, cfg, device)
         self.task_index = 0
-        self._ctx = None
 
     def train_indices(self, task, ctx):
         return task.train_indices  # the memory enters through its own batches (Sample Mix, distillation)
@@ -78,14 +74,14 @@ class ProtoLT(ReplayMethod):
     def trainable_parameters(self):
         return list(self.model.backbone.parameters())  # alpha, beta learn in their own stage
 
+    needs_context = True  # Sample Mix and distillation draw memory batches with the task's generators
+
     def begin_task(self, task, ctx):
         super().begin_task(task, ctx)
         self.task_index = task.index
-        self._ctx = ctx
         self._spec = AugmentSpec.from_train_config(self.cfg.train)
 
-    def _memory_batch(self, size: int):
-        ctx = self._ctx
+    def _memory_batch(self, size: int, ctx):
         mem = self.memory.indices()
         if len(mem) == 0:
             return None
@@ -93,7 +89,7 @@ class ProtoLT(ReplayMethod):
         pick = torch.randperm(len(mem), generator=cpu_gen)[: min(size, len(mem))]
         return ctx.data.batch("train", torch.as_tensor(mem)[pick], self._spec, dev_gen)
 
-    def training_step(self, x, y):
+    def training_step(self, x, y, ctx):
         head = self.model.head
         o = self.options
         start, end = int(head.current[0]), int(head.current[1])
@@ -109,11 +105,11 @@ class ProtoLT(ReplayMethod):
             losses["spread"] = prototype_spread_loss(new_protos[present])
             loss = loss + losses["spread"]
         if start > 0 and (o.mix or o.distill):
-            batch = self._memory_batch(len(x))
+            batch = self._memory_batch(len(x), ctx)
             if batch is not None:
                 xm, ym = batch
                 if o.mix:
-                    r = 0.1 + 0.9 * float(torch.rand((), generator=self._ctx.gens[0]))
+                    r = 0.1 + 0.9 * float(torch.rand((), generator=ctx.gens[0]))
                     n_new = max(1, int(len(x) * o.mix_new_share))
                     xmix, y_new, y_mem = sample_mix(xm, ym, x[:n_new], y[:n_new], r, o.mix_fraction)
                     if len(xmix) < 2:  # BatchNorm cannot train on one image; pair two new images instead
@@ -140,7 +136,6 @@ class ProtoLT(ReplayMethod):
         self.refresh_prototypes(task, ctx)
         if self.options.bias_epochs > 0:
             self.fit_bias(task, ctx)
-        self._ctx = None
 
     @torch.no_grad()
     def refresh_prototypes(self, task, ctx):
@@ -162,17 +157,16 @@ class ProtoLT(ReplayMethod):
         head = self.model.head
         indices = np.concatenate([task.train_indices, self.memory.indices()])
         feats, labels = ctx.features(self.model, indices)
-        trainer = Trainer(FeatureData(feats, labels), self.device, ctx.events, progress=False, amp=False)
         o = self.options
         milestones = list(range(o.bias_step, o.bias_epochs, o.bias_step))
-        stage = dataclasses.replace(self.cfg.train, optimizer="adam", weight_decay=0.0, schedule="step",
-                                    milestones=milestones, gamma=2.0, warmup_epochs=0, sampler="instance")
+        stage = ctx.stage(optimizer="adam", weight_decay=0.0, schedule="step", milestones=milestones, gamma=2.0,
+                          warmup_epochs=0, sampler="instance")
 
         def step(f, y):
             return {"loss": F.cross_entropy(head(f), y)}
 
         ctx.fit(step, [head.alpha, head.beta], np.arange(len(labels)), stage, epochs=o.bias_epochs, lr=o.bias_lr,
-                name="re-measure", augment=False, trainer=trainer)
+                name="re-measure", augment=False, features=(feats, labels))
         start, end = int(head.current[0]), int(head.current[1])
         ctx.events.write({"event": "re_measure", "task": task.index,
                           "alpha": head.alpha[start:end].tolist(), "beta": head.beta[start:end].tolist()})

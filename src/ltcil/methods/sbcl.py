@@ -26,8 +26,6 @@ import torch.nn.functional as F
 
 from ..clustering import split_into_subclasses
 from ..data.augment import AugmentSpec
-from ..data.loader import FeatureData
-from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
 from ..heads.linear import IncrementalLinear
@@ -93,8 +91,6 @@ class SBCL(ReplayMethod):
         self.subclass_of = None  # subclass id per train-split index (-1: not in this task's data)
         self.tau_class = None  # tau2 per class
         self.selection: dict = {}
-        self._ctx = None
-        self._indices = None
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
         feats = self.model.backbone.num_features
@@ -111,14 +107,12 @@ class SBCL(ReplayMethod):
     # --- stage 1 -----------------------------------------------------------------------------------------
     def begin_task(self, task, ctx):
         super().begin_task(task, ctx)
-        self._ctx = ctx
-        self._indices = self.train_indices(task, ctx)
         self.subclass_of = None
 
-    def begin_epoch(self, epoch, epochs):
+    def begin_epoch(self, epoch, epochs, ctx=None):
         start = self.options.warmup_epochs
         if epoch >= start and (epoch - start) % self.options.recluster_every == 0:
-            self.recluster(epoch)
+            self.recluster(epoch, ctx)
 
     def epoch_state(self):
         return {"subclass_of": self.subclass_of, "tau_class": self.tau_class}
@@ -137,9 +131,9 @@ class SBCL(ReplayMethod):
             ys.append(y)
         return torch.cat(zs), torch.cat(ys)
 
-    def recluster(self, epoch: int) -> None:
+    def recluster(self, epoch: int, ctx) -> None:
         """Alg. 1 on the normalised projections of the un-augmented images of this task's data."""
-        ctx, indices = self._ctx, self._indices
+        indices = ctx.train_indices
         z, y = self.projections(ctx, indices)
         sub, per_class = split_into_subclasses(z, y, self.model.num_classes, self.options.delta, ctx.gens[1],
                                                balanced=self.options.balanced_clustering)
@@ -170,14 +164,13 @@ class SBCL(ReplayMethod):
     def end_task(self, task, ctx):
         self.fit_classifier(task, ctx)
         super().end_task(task, ctx)
-        self._ctx = None
 
     def fit_classifier(self, task, ctx):
         """A linear classifier over all seen classes on the frozen encoder; the best validation epoch is kept."""
         o = self.options
         num_classes = self.model.num_classes
-        feats, labels = ctx.features(self.model, self._indices)
-        counts = train_class_counts(ctx, self._indices, num_classes)
+        feats, labels = ctx.features(self.model, ctx.train_indices)
+        counts = train_class_counts(ctx, ctx.train_indices, num_classes)
         val = np.concatenate([t.val_indices for t in ctx.scenario.tasks[: task.index + 1]])
         val_feats = ctx.features(self.model, val, split=ctx.scenario.val_pool) if len(val) else None
         head = self._new_classifier(num_classes)
@@ -199,24 +192,22 @@ class SBCL(ReplayMethod):
             state["weights"] = cb_weights if epoch >= o.drw_epoch else None  # DRW (ldam_drw only)
 
         if o.classifier == "ldam_drw":
-            stage = dataclasses.replace(
-                self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="step",
-                milestones=o.linear_milestones, gamma=0.1, warmup_epochs=o.linear_warmup_epochs,
-                batch_size=o.linear_batch_size, sampler="instance")
+            stage = ctx.stage(optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="step",
+                              milestones=o.linear_milestones, gamma=0.1, warmup_epochs=o.linear_warmup_epochs,
+                              batch_size=o.linear_batch_size, sampler="instance")
 
             def step(f, y):
                 return {"loss": ldam_loss(head(f), y, margins, o.scale, state["weights"])}
         else:
-            stage = dataclasses.replace(
-                self.cfg.train, optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="cosine",
-                warmup_epochs=o.linear_warmup_epochs, batch_size=o.linear_batch_size, sampler="class_balanced")
+            stage = ctx.stage(optimizer="sgd", momentum=0.9, weight_decay=0.0, schedule="cosine",
+                              warmup_epochs=o.linear_warmup_epochs, batch_size=o.linear_batch_size,
+                              sampler="class_balanced")
 
             def step(f, y):
                 return {"loss": F.cross_entropy(head(f), y)}
 
-        trainer = Trainer(FeatureData(feats, labels), self.device, ctx.events, progress=False, amp=False)
         ctx.fit(step, head.parameters(), np.arange(len(labels)), stage, epochs=o.linear_epochs, lr=o.linear_lr,
-                name="linear classifier", augment=False, modules=[head], on_epoch=on_epoch, trainer=trainer)
+                name="linear classifier", augment=False, modules=[head], on_epoch=on_epoch, features=(feats, labels))
         keep_if_best(o.linear_epochs)
         if state["best"] is not None:
             head.load_state_dict(state["best"])
