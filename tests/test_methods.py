@@ -298,3 +298,12 @@ def test_bic_correction_on_cached_logits_equals_the_image_path(tmp_path, monkeyp
     assert [p["scale"] for p in cached] == pytest.approx([p["scale"] for p in images], abs=1e-4)
     assert [p["shift"] for p in cached] == pytest.approx([p["shift"] for p in images], abs=1e-4)
     assert cached[1]["scale"] != 1.0  # a correction was fitted
+
+
+def test_the_headline_classifier_is_the_configs_choice(tmp_path):
+    results = run_tiny(tmp_path / "a", "method.name=icarl", "eval.headline=linear")
+    assert results["headline_classifier"] == "linear" and results["accuracy"] == results["accuracy_linear"]
+    from ltcil.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.headline: 'nme' is not a classifier of this run"):
+        run_tiny(tmp_path / "b", "method.name=finetune", "eval.headline=nme")

@@ -16,7 +16,7 @@ from ltcil.engine.context import TaskContext
 from ltcil.engine.runner import Experiment
 from ltcil.errors import ConfigError
 from ltcil.methods.base import IncrementalNet
-from ltcil.methods.two_stage import TwoStage
+from ltcil.plugins.two_stage import TwoStage
 from ltcil.reporting.events import EventLog
 
 
@@ -69,10 +69,11 @@ def test_stage_two_lifts_the_tail_class_and_touches_only_new_rows_and_scales():
     ctx = CachedContext(cfg, scenario, None, None, torch.device("cpu"),
                         (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)), EventLog(None), 1)
     ctx.x, ctx.y = x, y
-    stage = TwoStage(cfg)
+    method = SimpleNamespace(model=model, memory=SimpleNamespace(enabled=True))
+    stage = TwoStage(cfg, method)
     seen_old_rows = []  # what every forward of the stage saw in the old classes' rows
     model.head.register_forward_pre_hook(lambda head, args: seen_old_rows.append(head.weight[:2].detach().clone()))
-    stage.fit(SimpleNamespace(model=model), np.arange(len(y)), ctx)
+    stage.fit(method, np.arange(len(y)), ctx)
     assert len(seen_old_rows) > 20 and all(torch.equal(w, before["head.weight"][:2]) for w in seen_old_rows)
 
     after = model.state_dict()

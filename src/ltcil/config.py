@@ -120,6 +120,8 @@ class EvalConfig:
     many_shot: int = 100  # classes with more training images than this are "many-shot"
     few_shot: int = 20  # classes with fewer training images than this are "few-shot"
     shot_split: str = "absolute"  # absolute: the two thresholds above | quantile: thirds of the training counts
+    headline: str = ""  # the classifier reported as "accuracy" (e.g. linear for iCaRL); "": the method's own, or
+    # two_stage when that stage is on
 
 
 @dataclass

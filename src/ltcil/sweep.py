@@ -118,7 +118,8 @@ def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str
             if t > 0 and not exp.restore(same_config=False):
                 raise ConfigError(f"{trial_dir}: the chosen checkpoint of task {t} did not load.")
             exp.train_task(t)
-            score = validation_accuracy(exp.method, exp.data, exp.scenario, t, cfg.eval.batch_size)
+            score = validation_accuracy(exp.method, exp.data, exp.scenario, t, cfg.eval.batch_size, exp.headline,
+                                        exp.plugins)
             trials.append({"candidate": k, "values": values, "validation_accuracy": score})
             scored[_key(values)] = trials[-1]
             log(f"task {t + 1}/{num_tasks} candidate {k} {values}: validation {score:.2f}")
@@ -139,8 +140,8 @@ def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str
     for t, (run_dir, cfg) in enumerate(chosen):
         last = Experiment(cfg, run_dir, progress=False, log=lambda *_: None)
         last.restore()
-        steps.append(evaluate_step(last.method, last.data, last.scenario, t, cfg.eval))
-    results = build_results(steps, last.scenario, last.cfg.to_dict(), last.method.headline,
+        steps.append(evaluate_step(last.method, last.data, last.scenario, t, cfg.eval, plugins=last.plugins))
+    results = build_results(steps, last.scenario, last.cfg.to_dict(), last.headline,
                             last.scenario.is_imbalanced, {})
     record["test"] = {k: results[k] for k in ("accuracy", "average_incremental_accuracy", "last_accuracy",
                                               "forgetting")}

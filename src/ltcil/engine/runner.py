@@ -23,8 +23,7 @@ from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
 from ..heads.linear import IncrementalLinear
 from ..methods.base import IncrementalNet, train_class_counts
-from ..methods.two_stage import CLASSIFIER as TWO_STAGE
-from ..methods.two_stage import TwoStage, check_method
+from ..plugins import build_plugins
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
 from ..reporting.trackers import check_trackers, open_trackers
@@ -88,12 +87,7 @@ def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.d
         backbone = build_backbone(cfg.backbone, in_channels, image_size)
         return IncrementalNet(backbone, IncrementalLinear(backbone.num_features, init=cfg.head.init))
 
-    method = method_cls(new_model(), options, cfg, device)
-    if cfg.two_stage.enabled:  # Liu et al.'s second stage after every task, reported as the headline
-        check_method(method, cfg.method["name"])
-        method.two_stage = TwoStage(cfg)
-        method.headline = TWO_STAGE
-    return method, new_model
+    return method_cls(new_model(), options, cfg, device), new_model
 
 
 class Experiment:
@@ -127,6 +121,11 @@ class Experiment:
                      f"{self.device}")
         torch.manual_seed(task_seed(cfg.seed, 0, 3))  # the initial weights depend on the seed alone
         self.method, self.new_model = build_method(cfg, self.data.in_channels, self.data.image_size, self.device)
+        self.plugins = build_plugins(cfg, self.method)  # cross-method stages (two_stage), run after each task
+        # the classifier results.json reports as "accuracy": the config's choice, else a plugin's own (two_stage
+        # reports its scaled head), else the method's
+        self.headline = (cfg.eval.headline or next((p.headline for p in self.plugins if p.headline), None)
+                         or self.method.headline)
         if channels_last:
             self.method.model.to(memory_format=torch.channels_last)
         self.steps: list = []
@@ -146,6 +145,7 @@ class Experiment:
             "task": task_index,
             "config": self.cfg.to_dict(),
             "method": self.method.state_dict(),
+            "plugins": self._plugin_state(),
             "steps": self.steps,
             "timing": self.timing,
             "rng": {"torch": torch.get_rng_state()},
@@ -162,6 +162,7 @@ class Experiment:
             if same_config:
                 check_same_experiment(state.get("config"), self.cfg.to_dict(), path)
             self.method.load_state_dict(state["method"])
+            self._load_plugin_state(state)
             self.steps = state["steps"]
             self.timing = state["timing"]
             self.next_task = state["task"] + 1
@@ -186,7 +187,7 @@ class Experiment:
                  "class_names": [names[c] for c in self.scenario.order.tolist()]}  # arrival order, as per_class
         extra.update(self.method.results_extra())
         return build_results(
-            self.steps, self.scenario, self.cfg.to_dict(), self.method.headline, self.scenario.is_imbalanced, extra
+            self.steps, self.scenario, self.cfg.to_dict(), self.headline, self.scenario.is_imbalanced, extra
         )
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -279,8 +280,8 @@ class Experiment:
 
         t0 = time.perf_counter()
         self.method.end_task(task, ctx)
-        if self.method.two_stage is not None:
-            self.method.two_stage.fit(self.method, indices, ctx)
+        for plugin in self.plugins:
+            plugin.after_task(self.method, ctx)
         self._share_method_state()
         timing["end"] = time.perf_counter() - t0
 
@@ -294,11 +295,14 @@ class Experiment:
             self.next_task = t + 1
             return
         t0 = time.perf_counter()
-        step = evaluate_step(self.method, self.data, self.scenario, t, cfg.eval)
+        step = evaluate_step(self.method, self.data, self.scenario, t, cfg.eval, plugins=self.plugins)
+        if self.headline not in step["classifiers"]:
+            raise ConfigError(f"eval.headline: {self.headline!r} is not a classifier of this run; it has "
+                              f"{', '.join(step['classifiers'])}.")
         timing["eval"] = time.perf_counter() - t0
         self.steps.append(step)
 
-        head = step["classifiers"][self.method.headline]
+        head = step["classifiers"][self.headline]
         events.write({"event": "task", "task": t, "classes": task.original_classes, "top1": head["top1"],
                       "top5": head["top5"], "row": head["row"], "old": head["old"], "new": head["new"],
                       "classifiers": {k: v["top1"] for k, v in step["classifiers"].items()}, "timing": timing})
@@ -322,7 +326,7 @@ class Experiment:
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
             save_partial(self.run_dir, {
                 "format": 1, "task": task_index, "config": self.cfg.to_dict(), "loop": loop,
-                "method": self.method.state_dict(),
+                "method": self.method.state_dict(), "plugins": self._plugin_state(),
                 "epoch_state": self.method.epoch_state(), "rng": rng,
             })
         return save
@@ -334,6 +338,7 @@ class Experiment:
         if partial is None or partial["task"] != task_index:
             return None
         self.method.load_state_dict(partial["method"])
+        self._load_plugin_state(partial)
         self.method.load_epoch_state(partial["epoch_state"])
         torch.set_rng_state(partial["rng"]["torch"])
         if "cuda" in partial["rng"] and self.device.type == "cuda":
@@ -346,10 +351,23 @@ class Experiment:
         work done on every rank outside the training loop can never leave the ranks apart."""
         if not self.world.enabled:
             return
-        state = distributed.broadcast_object(distributed.to_cpu(self.method.state_dict()) if self.world.is_main
-                                             else None)
+        state = distributed.broadcast_object(
+            distributed.to_cpu({"method": self.method.state_dict(), "plugins": self._plugin_state()})
+            if self.world.is_main else None)
         if not self.world.is_main:
-            self.method.load_state_dict(state)
+            self.method.load_state_dict(state["method"])
+            self._load_plugin_state(state)
+
+    def _plugin_state(self) -> dict:
+        return {p.name: p.state_dict() for p in self.plugins}
+
+    def _load_plugin_state(self, state: dict) -> None:
+        saved = dict(state.get("plugins") or {})
+        if "two_stage" in state.get("method", {}):  # checkpoints written before plugins kept it in the method
+            saved.setdefault("two_stage", state["method"]["two_stage"])
+        for plugin in self.plugins:
+            if plugin.name in saved:
+                plugin.load_state_dict(saved[plugin.name], self.device)
 
     def train_task(self, task_index: int) -> None:
         """Train task `task_index` (the next one) without evaluating on the test split, and checkpoint it."""

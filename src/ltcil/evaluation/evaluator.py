@@ -9,15 +9,24 @@ import torch
 from . import metrics
 
 
+def classify(method, plugins, x):
+    """The method's classifiers (predict) and those of the plugins, for a batch."""
+    out = method.predict(x)
+    for plugin in plugins:
+        out.update(plugin.classifiers(method, x))
+    return out
+
+
 @torch.inference_mode()
-def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int) -> dict:
-    """Logits of every classifier the method reports, as float32 NumPy arrays, plus the targets."""
+def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int, plugins=()) -> dict:
+    """Logits of every classifier the method and the plugins report, as float32 NumPy arrays, plus the
+    targets."""
     method.model.eval()
     outputs: dict = {}
     targets = []
     for idx in data.index_batches(indices, batch_size, shuffle=False):
         x, y = data.batch(split, idx)
-        for name, logits in method.classify(x).items():
+        for name, logits in classify(method, plugins, x).items():
             outputs.setdefault(name, []).append(logits.float().cpu())
         targets.append(y.cpu())
     result = {name: torch.cat(chunks).numpy() for name, chunks in outputs.items()}
@@ -25,11 +34,11 @@ def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int) 
     return result
 
 
-def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str = "test") -> dict:
+def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str = "test", plugins=()) -> dict:
     """Metrics on all classes seen after task `task_index`."""
     tasks = scenario.tasks[: task_index + 1]
     indices = np.concatenate([t.test_indices for t in tasks])
-    out = predict_all(method, data, split, indices, eval_cfg.batch_size)
+    out = predict_all(method, data, split, indices, eval_cfg.batch_size, plugins)
     target = out.pop("target")
     seen = scenario.seen_classes(task_index)
     task_of_class = np.concatenate([np.full(t.num_classes, t.index) for t in scenario.tasks])
@@ -57,7 +66,8 @@ def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str 
     return step
 
 
-def validation_accuracy(method, data, scenario, task_index: int, batch_size: int) -> float:
+def validation_accuracy(method, data, scenario, task_index: int, batch_size: int, headline: str,
+                        plugins=()) -> float:
     """Top-1 of the headline classifier on the validation images of every class seen after `task_index`
     (held out from training data; the test split is not read). Raises when the scenario has none."""
     indices = np.concatenate([t.val_indices for t in scenario.tasks[: task_index + 1]])
@@ -66,5 +76,5 @@ def validation_accuracy(method, data, scenario, task_index: int, batch_size: int
 
         raise ConfigError("selection needs validation images: set scenario.val_fraction (e.g. 0.1) or "
                           "scenario.val_per_class, or use a dataset with its own validation split.")
-    out = predict_all(method, data, scenario.val_pool, indices, batch_size)
-    return metrics.accuracy(out[method.headline].argmax(1), out["target"])
+    out = predict_all(method, data, scenario.val_pool, indices, batch_size, plugins)
+    return metrics.accuracy(out[headline].argmax(1), out["target"])

@@ -69,7 +69,6 @@ class Method:
         self.cfg = cfg
         self.device = device
         self.train_counts: Optional[torch.Tensor] = None  # per class, of the current task's training indices
-        self.two_stage = None  # methods/two_stage.py's TwoStage when the config enables it (set by the engine)
 
     @classmethod
     def parse_options(cls, method_section: dict, where: str = ""):
@@ -133,15 +132,6 @@ class Method:
         """Logits over all seen classes, per classifier; the key "logits" is the headline classifier."""
         return {"logits": self.model(x)}
 
-    def classify(self, x: torch.Tensor) -> dict:
-        """What evaluation reads: predict()'s classifiers, plus the two-stage classifier when enabled."""
-        out = self.predict(x)
-        if self.two_stage is not None:
-            from .two_stage import CLASSIFIER
-
-            out[CLASSIFIER] = self.two_stage.logits(self.model, x)
-        return out
-
     def results_extra(self) -> dict:
         """Method-specific entries for results.json (e.g. BiC's fitted scale/shift per task)."""
         return {}
@@ -149,10 +139,7 @@ class Method:
     # --- state -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Tensors and plain data only (checkpoints load with weights_only=True)."""
-        state = {"model": self.model.state_dict(), "num_classes": self.model.num_classes}
-        if self.two_stage is not None:
-            state["two_stage"] = self.two_stage.state_dict()
-        return state
+        return {"model": self.model.state_dict(), "num_classes": self.model.num_classes}
 
     def load_state_dict(self, state: dict) -> None:
         missing = state["num_classes"] - self.model.num_classes
@@ -160,5 +147,3 @@ class Method:
             self.model.head.add_classes(missing)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device)
-        if self.two_stage is not None and "two_stage" in state:
-            self.two_stage.load_state_dict(state["two_stage"], self.device)

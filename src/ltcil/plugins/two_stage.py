@@ -7,7 +7,7 @@ multiplying its logit) on class-balanced batches of what the task trained on (it
 As in the authors' code: 30 epochs, cosine lr from the stage-1 lr, the scales at a tenth of it, only the
 new task's classifier rows fine-tuned (their LUCIR/PODNet keep old rows fixed), every class's scale trained.
 The fine-tuned rows stay in the network for the next task, as there; the scales only enter predictions.
-The scaled head is reported as the classifier "two_stage" and becomes the headline.
+The scaled head is reported as the classifier "two_stage", the run's headline unless eval.headline says otherwise.
 
 Stage 2 trains on features of the un-augmented images cached once per task (the authors' code feeds
 augmented images through the frozen backbone), so an epoch costs a matrix product.
@@ -15,17 +15,14 @@ augmented images through the frozen backbone), so an epoch costs a matrix produc
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.loader import FeatureData
-from ..engine.trainer import Trainer
 from ..errors import ConfigError
 from ..heads.linear import IncrementalLinear
+from .base import Plugin
 
 CLASSIFIER = "two_stage"
 
@@ -45,10 +42,17 @@ def check_method(method, method_name: str) -> None:
                           "memory.per_class (LwF and CCSI never store exemplars).")
 
 
-class TwoStage:
-    def __init__(self, cfg):
+class TwoStage(Plugin):
+    name = CLASSIFIER
+    headline = CLASSIFIER  # Liu et al. report the scaled head
+
+    def __init__(self, cfg, method):
+        check_method(method, cfg.method["name"])
         self.cfg = cfg
         self.scales = None  # (classes,) learned weight scales; None until the first task's stage 2
+
+    def after_task(self, method, ctx) -> None:
+        self.fit(method, ctx.train_indices, ctx)
 
     def fit(self, method, indices: np.ndarray, ctx) -> None:
         opts, train = self.cfg.two_stage, self.cfg.train
@@ -65,11 +69,9 @@ class TwoStage:
         groups = [{"params": [scales], "lr_scale": opts.scale_lr_factor}]
         if opts.head != "none":
             groups.insert(0, {"params": list(head.parameters()), "lr_scale": 1.0})
-        stage = dataclasses.replace(
-            train, schedule="cosine", warmup_epochs=0, sampler=opts.sampler,
-            batch_size=opts.batch_size or train.batch_size,
-            weight_decay=train.weight_decay if opts.weight_decay is None else opts.weight_decay,
-        )
+        stage = ctx.stage(schedule="cosine", warmup_epochs=0, sampler=opts.sampler,
+                          batch_size=opts.batch_size or train.batch_size,
+                          weight_decay=train.weight_decay if opts.weight_decay is None else opts.weight_decay)
 
         def step(f, y):
             if fixed:  # old rows stay as they were in every forward (the optimiser's last update is undone)
@@ -79,9 +81,8 @@ class TwoStage:
                             getattr(head, name)[:old] = fixed[name][:old]
             return {"loss": F.cross_entropy(head(f) * scales, y)}
 
-        trainer = Trainer(FeatureData(feats, labels), ctx.device, ctx.events, progress=False, amp=False)
         ctx.fit(step, groups, np.arange(len(labels)), stage, epochs=opts.epochs, lr=opts.lr or train.lr,
-                name=CLASSIFIER, augment=False, modules=[head], trainer=trainer)
+                name=CLASSIFIER, augment=False, modules=[head], features=(feats, labels))
         with torch.no_grad():  # undo the last update of the old rows too; a cosine head's sigma learns
             for name in ("weight", "bias"):
                 if fixed.get(name) is not None:
@@ -93,6 +94,9 @@ class TwoStage:
     def logits(self, model, x: torch.Tensor) -> torch.Tensor:
         logits = model.head(model.forward_features(x))
         return logits * self.scales[: logits.shape[1]] if self.scales is not None else logits
+
+    def classifiers(self, method, x: torch.Tensor) -> dict:
+        return {CLASSIFIER: self.logits(method.model, x)}
 
     def state_dict(self) -> dict:
         return {"scales": None if self.scales is None else self.scales.cpu()}
