@@ -112,7 +112,7 @@ class TaskContext:
         return {c: means[i] for i, c in enumerate(classes)}
 
     def reset_model(self, method) -> None:
-        """Replace the method's network by a freshly initialised one with the same number of classes."""
+        """Replace the method's network by a freshly built and placed one with the same number of classes."""
         model = self.rebuild_model()
         model.head.add_classes(method.model.num_classes)
-        method.model = model.to(self.device)
+        method.model = model.to(self.device)  # the new rows of the grown head on the device too

@@ -16,13 +16,11 @@ from typing import Optional
 import torch
 
 from .. import registry
-from ..backbones import build_backbone
 from ..config import Config, dump_config
 from ..data.loader import DeviceData
 from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
-from ..heads.linear import IncrementalLinear
-from ..methods.base import IncrementalNet, train_class_counts
+from ..methods.base import train_class_counts
 from ..plugins import build_plugins
 from ..reporting.events import EventLog
 from ..reporting.results import build_results, write_json
@@ -33,6 +31,7 @@ from .checkpoint import (
     latest_checkpoint, load_checkpoint, load_partial, partial_path, remove_partial, save_checkpoint, save_partial,
 )
 from .context import TaskContext
+from .networks import NetworkFactory
 from .seed import generators, seed_task, task_seed
 from .trainer import Trainer
 
@@ -80,14 +79,15 @@ def check_components(cfg: Config) -> None:
 
 
 def build_method(cfg: Config, in_channels: int, image_size: int, device: torch.device):
+    """The method with the network it builds (build_network), placed; and a callable that builds it afresh."""
     method_cls = registry.get("method", cfg.method["name"], key="method.name")
     options = method_cls.parse_options(cfg.method)
+    networks = NetworkFactory(cfg, in_channels, image_size, device)
 
-    def new_model() -> IncrementalNet:
-        backbone = build_backbone(cfg.backbone, in_channels, image_size)
-        return IncrementalNet(backbone, IncrementalLinear(backbone.num_features, init=cfg.head.init))
+    def new_model():
+        return networks.place(method_cls.build_network(networks, options, cfg))
 
-    return method_cls(new_model(), options, cfg, device), new_model
+    return method_cls(new_model(), options, cfg, device, networks=networks), new_model
 
 
 class Experiment:
@@ -126,8 +126,6 @@ class Experiment:
         # reports its scaled head), else the method's
         self.headline = (cfg.eval.headline or next((p.headline for p in self.plugins if p.headline), None)
                          or self.method.headline)
-        if channels_last:
-            self.method.model.to(memory_format=torch.channels_last)
         self.steps: list = []
         self.timing: list = []
         self.next_task = 0

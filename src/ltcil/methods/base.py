@@ -63,12 +63,23 @@ class Method:
     needs_context = False  # True: training_step(..., ctx=TaskContext) gets the task's data and generators
     requires_memory = False  # True: the method is meaningless without exemplars (refused before data loads)
 
-    def __init__(self, model: IncrementalNet, options, cfg, device: torch.device):
+    def __init__(self, model: nn.Module, options, cfg, device: torch.device, networks=None):
+        """`model`: what build_network made, placed; `networks`: the run's NetworkFactory (backbones and
+        placement for modules the method adds later, e.g. one backbone per task), None in unit tests."""
         self.model = model.to(device)
         self.options = options
         self.cfg = cfg
         self.device = device
+        self.networks = networks
         self.train_counts: Optional[torch.Tensor] = None  # per class, of the current task's training indices
+
+    @classmethod
+    def build_network(cls, networks, options, cfg) -> nn.Module:
+        """The method's network: by default a backbone and a growable linear head (head.init); a method with
+        another head (cosine, prototypes) or another structure (a bias layer, one backbone per task) overrides
+        it. The engine places what it returns (NetworkFactory.place)."""
+        backbone = networks.backbone()
+        return IncrementalNet(backbone, IncrementalLinear(backbone.num_features, init=cfg.head.init))
 
     @classmethod
     def parse_options(cls, method_section: dict, where: str = ""):

@@ -55,8 +55,13 @@ class BiC(TeacherMethod):
     Options = BiCOptions
     requires_memory = True  # the bias-correction split comes from the exemplars (Sec. 6.1)
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(BiCNet(model.backbone, model.head, options.keep_corrections), options, cfg, device)
+    @classmethod
+    def build_network(cls, networks, options, cfg):
+        net = super().build_network(networks, options, cfg)
+        return BiCNet(net.backbone, net.head, options.keep_corrections)
+
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.val_indices = np.zeros(0, dtype=np.int64)
         self.held_out: dict = {}  # new-class validation indices of the current task
 

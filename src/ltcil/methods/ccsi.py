@@ -39,6 +39,7 @@ from ..heads.cosine import CosineLinear
 from ..impressions import ImpressionConfig, synthesize
 from ..losses.ccsi import class_centroids, class_weights, idc_loss, margin_ranking
 from ..registry import register_method
+from .base import IncrementalNet
 from .distillation_base import TeacherMethod
 
 
@@ -98,9 +99,13 @@ class CCSI(TeacherMethod):
         if options.top_k < 1:
             raise ConfigError(f"method.top_k: {options.top_k!r} must be >= 1.")
 
-    def __init__(self, model, options, cfg, device):
-        model.head = CosineLinear(model.backbone.num_features, sigma=True)
-        super().__init__(model, options, cfg, device)
+    @classmethod
+    def build_network(cls, networks, options, cfg):
+        backbone = networks.backbone()
+        return IncrementalNet(backbone, CosineLinear(backbone.num_features, sigma=True))
+
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.mean_images = torch.zeros(0, device=device)  # per class, pixel scale [0, 1]: the only class data kept
         self.synthetic = None  # (images in input space, labels) of the current task
         self.synthesis_log: list = []

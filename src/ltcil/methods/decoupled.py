@@ -71,8 +71,8 @@ class Decoupled(ReplayMethod):
         if not options.taus or min(options.taus) < 0:
             raise ConfigError(f"method.taus must be a non-empty list of values >= 0, got {options.taus}.")
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(model, options, cfg, device)
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.headline = options.classifier
         self.crt_head = None  # IncrementalLinear over all seen classes, refitted from scratch every task
         self.lws_scales = None  # (num_classes,) learned scales of the stage-1 logits

@@ -12,8 +12,8 @@ from .exemplar_base import ReplayMethod
 class TeacherMethod(ReplayMethod):
     """Keeps `self.teacher` (the model after the previous task, frozen) and an exemplar memory."""
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(model, options, cfg, device)
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.teacher = None
         self.old_classes = 0
         self.num_outputs = 0  # classes of the whole scenario (the iCaRL BCE normaliser), set at the first task

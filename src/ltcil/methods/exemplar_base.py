@@ -13,8 +13,8 @@ from .base import Method
 class ReplayMethod(Method):
     uses_memory = True  # False: the method never stores exemplars whatever memory.* says (LwF)
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(model, options, cfg, device)
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         mem = cfg.memory
         self.memory = ExemplarMemory(mem.size, mem.per_class, mem.selection) if self.uses_memory else None
 

@@ -20,8 +20,8 @@ class Finetune(Method):
 
     Options = FinetuneOptions
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(model, options, cfg, device)
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.old_classes = 0
 
     @classmethod

@@ -29,8 +29,8 @@ class ICaRL(TeacherMethod):
     requires_memory = True  # the NME classifier is the exemplars' class means
     headline = "nme"  # Alg. 1: iCaRL classifies by nearest mean of exemplars; the linear head is reported too
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(model, options, cfg, device)
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.class_means = torch.zeros(0, model.backbone.num_features, device=device)
 
     @classmethod

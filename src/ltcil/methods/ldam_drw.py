@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
 from ..losses.longtail import class_balanced_weights, ldam_loss, ldam_margins
 from ..registry import register_method
+from .base import IncrementalNet
 from .exemplar_base import ReplayMethod
 
 
@@ -36,10 +37,14 @@ class LDAMDRW(ReplayMethod):
         if not 0 < options.max_margin:
             raise ConfigError(f"method.max_margin must be > 0, got {options.max_margin}.")
 
-    def __init__(self, model, options, cfg, device):
+    @classmethod
+    def build_network(cls, networks, options, cfg):
         # Sec. 4 / released code: NormedLinear, class vectors initialised at unit norm
-        model.head = CosineLinear(model.backbone.num_features, sigma=False, row_norm=1.0)
-        super().__init__(model, options, cfg, device)
+        backbone = networks.backbone()
+        return IncrementalNet(backbone, CosineLinear(backbone.num_features, sigma=False, row_norm=1.0))
+
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.margins = self.class_weights = self.weights = None
 
     def begin_epoch(self, epoch, epochs, ctx=None):

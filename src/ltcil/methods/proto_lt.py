@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from ..heads.prototype import PrototypeHead
 from ..losses.prototype import batch_prototypes, centre_loss, prototype_spread_loss, pull_loss, push_loss, sample_mix
 from ..registry import register_method
+from .base import IncrementalNet
 from .exemplar_base import ReplayMethod
 
 
@@ -63,9 +64,13 @@ class ProtoLT(ReplayMethod):
         if not 0 < options.mix_fraction <= 0.9 or not 0 < options.mix_new_share <= 1:
             raise ConfigError("method.mix_fraction must be in (0, 0.9] and method.mix_new_share in (0, 1].")
 
-    def __init__(self, model, options, cfg, device):
-        model.head = PrototypeHead(model.backbone.num_features)
-        super().__init__(model, options, cfg, device)
+    @classmethod
+    def build_network(cls, networks, options, cfg):
+        backbone = networks.backbone()
+        return IncrementalNet(backbone, PrototypeHead(backbone.num_features))
+
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.task_index = 0
 
     def train_indices(self, task, ctx):

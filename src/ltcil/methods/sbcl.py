@@ -32,7 +32,7 @@ from ..heads.linear import IncrementalLinear
 from ..losses.contrastive import class_temperatures, sbcl_loss, supcon_loss
 from ..losses.longtail import class_balanced_weights, ldam_loss, ldam_margins
 from ..registry import register_method
-from .base import train_class_counts
+from .base import IncrementalNet, train_class_counts
 from ..evaluation.metrics import mean_class_accuracy
 from .exemplar_base import ReplayMethod
 
@@ -84,19 +84,26 @@ class SBCL(ReplayMethod):
             if getattr(options, key) < (0 if key == "warmup_epochs" else 1):
                 raise ConfigError(f"method.{key}: {getattr(options, key)} is out of range.")
 
-    def __init__(self, model, options, cfg, device):
-        super().__init__(model, options, cfg, device)
+    @classmethod
+    def build_network(cls, networks, options, cfg):
+        backbone = networks.backbone()
+        return IncrementalNet(backbone, cls._classifier(options, backbone.num_features, 0))
+
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
         self.projector = ProjectionHead(model.backbone.num_features, options.projection_dim).to(device)
-        self.model.head = self._new_classifier(0)
         self.subclass_of = None  # subclass id per train-split index (-1: not in this task's data)
         self.tau_class = None  # tau2 per class
         self.selection: dict = {}
 
+    @staticmethod
+    def _classifier(options, feats: int, num_classes: int) -> nn.Module:
+        if options.classifier == "ldam_drw":
+            return CosineLinear(feats, sigma=False, num_classes=num_classes, row_norm=1.0)
+        return IncrementalLinear(feats, num_classes)
+
     def _new_classifier(self, num_classes: int) -> nn.Module:
-        feats = self.model.backbone.num_features
-        if self.options.classifier == "ldam_drw":
-            return CosineLinear(feats, sigma=False, num_classes=num_classes, row_norm=1.0).to(self.device)
-        return IncrementalLinear(feats, num_classes).to(self.device)
+        return self._classifier(self.options, self.model.backbone.num_features, num_classes).to(self.device)
 
     def augmentation(self):
         return AugmentSpec.contrastive()  # Sec. 4.1 / code: SimCLR-style views on both crops
