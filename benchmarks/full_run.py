@@ -4,7 +4,7 @@ default iCaRL on CIFAR-100 B0-Inc10 with PyCIL's schedule (200 + 9 x 170 epochs)
     python benchmarks/full_run.py --data-root ../shared/data                      # GPU: the whole schedule
     python benchmarks/full_run.py --data-root ../shared/data --out runs/full_icarl  # resumes if killed
     python benchmarks/full_run.py --config quickstart_digits --published 0          # a CPU smoke run
-    python benchmarks/full_run.py --data-root ../shared/data --set train.epochs=1 train.initial_epochs=1
+    python benchmarks/full_run.py --data-root ../shared/data --set train.epochs=1 train.first_task.epochs=1
 
 Prints one JSON line per task (phase times, training images/s) and a summary line: average incremental
 accuracy and its gap to the published figure, wall time, training image-steps, peak GPU memory and peak RSS.

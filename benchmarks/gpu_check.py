@@ -181,7 +181,7 @@ def step_full_run(check: Check, device: str, data: str) -> None:
     tasks as the time left allows (full_run.py resumes the same run folder)."""
     run_dir = check.out / "full_icarl"
     if check.dry_run:
-        config, extra = "quickstart_digits", [*tiny_overrides(), "method.name=icarl", "train.initial_epochs=2"]
+        config, extra = "quickstart_digits", [*tiny_overrides(), "method.name=icarl", "train.first_task.epochs=2"]
     else:
         config, extra = "icarl_resnet32_cifar100_b0inc10_pycil", ["data.root=" + data, "data.download=false"]
     base = [sys.executable, "benchmarks/full_run.py", "--config", config, "--out", str(run_dir),
@@ -200,7 +200,7 @@ def step_full_run(check: Check, device: str, data: str) -> None:
     cfg = results["config"]["train"]
     # a later task trains on the new classes plus the memory (B0-Inc10: 7,000 images instead of 5,000) for
     # train.epochs epochs, with a teacher forward (about a third of a step)
-    later_images = first["train_images"] / (cfg["initial_epochs"] or cfg["epochs"]) * cfg["epochs"] * 7 / 5
+    later_images = first["train_images"] / (cfg["first_task"]["epochs"] or cfg["epochs"]) * cfg["epochs"] * 7 / 5
     per_later = first["train"] / first["train_images"] * later_images * 1.35 + first["end"] + first["eval"]
     projected = seconds + (total - 1) * per_later
     todo = min(total, 1 + int(max(0.0, check.left() - 20) // per_later))

@@ -38,7 +38,7 @@ def main() -> None:
         data = (["data.name=synthetic", "data.num_classes=100", "data.images_per_class=500", "data.image_size=32"]
                 if args.synthetic else [f"data.root={args.data_root}"])
         order = "scenario.order=natural" if args.synthetic else None
-        overrides = [*data, *([order] if order else []), f"train.epochs={args.epochs}", "train.initial_epochs=0",
+        overrides = [*data, *([order] if order else []), f"train.epochs={args.epochs}", "train.first_task.epochs=0",
                      "train.progress=false", *args.set]
         cfg = load_config(CONFIGS[method], overrides)
         with tempfile.TemporaryDirectory() as tmp:

@@ -103,3 +103,17 @@ def test_every_shipped_config_validates(name):
 def test_missing_config_file_suggests_shipped_name():
     with pytest.raises(ConfigError, match="Did you mean the shipped config 'icarl_resnet32_cifar100_b0inc10'"):
         load_config("icarl_resnet32_cifar100_b0inc1")
+
+
+def test_first_task_settings_and_the_deprecated_initial_keys(tmp_path):
+    from ltcil.errors import LtcilWarning
+
+    cfg = load_config(None, ["train.first_task.epochs=7", "train.first_task.milestones=[3]"])
+    assert cfg.train.first_task.epochs == 7 and cfg.train.first_task.milestones == [3]
+    old = write(tmp_path, "train:\n  initial_epochs: 7\n  initial_weight_decay: 0.001\n")
+    with pytest.warns(LtcilWarning, match="train.initial_epochs is deprecated: use train.first_task.epochs"):
+        cfg = load_config(old)
+    assert cfg.train.first_task.epochs == 7 and cfg.train.first_task.weight_decay == 0.001
+    both = write(tmp_path, "train:\n  initial_epochs: 7\n  first_task:\n    epochs: 8\n")
+    with pytest.raises(ConfigError, match="train.initial_epochs and train.first_task.epochs are both set"):
+        load_config(both)

@@ -105,10 +105,12 @@ def test_trainer_gives_views_and_indices_to_the_step(tmp_path):
         return {"loss": (x.mean() * 0 + torch.ones((), requires_grad=True)).sum()}
 
     indices = exp.scenario.tasks[0].train_indices
+    from ltcil.engine.stage import Stage
+
+    stage = Stage("train", exp.cfg.train, epochs=1, lr=0.1, augment=AugmentSpec.contrastive(), views=2,
+                  with_indices=True)
     Trainer(exp.data, exp.device, EventLog(None), progress=False).fit(
-        step, [torch.nn.Parameter(torch.zeros(1))], indices, exp.cfg.train, epochs=1, lr=0.1,
-        gens=generators(0, 0, exp.device), task_index=0, augment_spec=AugmentSpec.contrastive(), views=2,
-        with_indices=True)
+        step, [torch.nn.Parameter(torch.zeros(1))], indices, stage, gens=generators(0, 0, exp.device), task_index=0)
     assert all(nx == 2 * ny for nx, ny, _ in seen)
     assert sorted(torch.cat([i for _, _, i in seen]).tolist()) == sorted(np.asarray(indices).tolist())
 
@@ -137,3 +139,12 @@ def test_cosine_lr_moves_every_step_inside_a_single_epoch(tmp_path):
     assert len(per_step) == 6 and per_step[0] == 0.05  # 96 images / 16 per batch: one lr per step
     assert all(a > b for a, b in zip(per_step, per_step[1:]))  # cosine decreasing inside the epoch
     assert seen == [0.05]  # per epoch: the lr never moves in a 1-epoch task
+
+
+def test_the_first_task_takes_its_own_settings(tmp_path):
+    results = run_tiny(tmp_path, "train.first_task.epochs=3", "train.first_task.lr=0.02", "train.epochs=1",
+                       "scenario.max_tasks=2", "train.schedule=constant")
+    epochs = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert [(e["task"], e["lr"]) for e in epochs] == [(0, 0.02)] * 3 + [(1, 0.05)]
+    assert results["completed_tasks"] == 2

@@ -32,11 +32,11 @@ def test_every_recipe_config_takes_its_parity_overrides(key):
     overrides = recipes.ltcil_overrides(rec, epochs=5, seed=1, tasks=4, data_root="/data", threads=2)
     cfg = load_config(rec.config, overrides)
     check_components(cfg)
-    assert cfg.train.epochs == 5 and cfg.train.initial_epochs == 5
+    assert cfg.train.epochs == 5 and cfg.train.first_task.epochs == 5
     assert cfg.seed == 1 and cfg.scenario.order == "seed:1" and cfg.scenario.max_tasks == 4
     assert cfg.data.root == "/data" and cfg.train.threads == 2 and cfg.log.report == "never"
     sched = recipes.short_schedule(rec, 5)
-    assert cfg.train.initial_milestones == sched["init"] and cfg.train.milestones == sched["later"]
+    assert cfg.train.first_task.milestones == sched["init"] and cfg.train.milestones == sched["later"]
     if rec.method == "bic":
         assert cfg.method["bias_epochs"] == 5  # PyCIL's stage 2 runs as many epochs as stage 1
         assert cfg.method["bias_milestones"] == sched["bias"]
@@ -48,9 +48,9 @@ def test_pycil_icarl_recipe_sets_pycils_choices():
     assert cfg.method == {"name": "icarl", "loss": "ce_kd", "T": 2.0, "nme_flip": False}
     assert (cfg.backbone.shortcut, cfg.head.init) == ("pad", "kaiming_uniform")
     assert cfg.train.color_jitter == pytest.approx([63 / 255, 0, 0], abs=1e-6)
-    assert (cfg.train.lr, cfg.train.initial_lr, cfg.train.weight_decay, cfg.train.initial_weight_decay) == (
-        0.1, 0.1, 2e-4, 5e-4)
-    assert (cfg.train.milestones, cfg.train.initial_milestones) == ([80, 120], [60, 120, 170])
+    first = cfg.train.first_task
+    assert (cfg.train.lr, first.lr, cfg.train.weight_decay, first.weight_decay) == (0.1, 0.1, 2e-4, 5e-4)
+    assert (cfg.train.milestones, first.milestones, first.epochs) == ([80, 120], [60, 120, 170], 200)
     lwf = load_config("lwf_resnet32_cifar100_b0inc10_pycil")
     assert lwf.method["ce_classes"] == "new" and lwf.method["lamb"] == 3.0 and lwf.memory.size == 0
 
@@ -140,8 +140,8 @@ def test_dry_run_prints_both_commands_and_runs_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pycil_adapter.py --method icarl --epochs 3 --tasks 2 --seed 1993" in out
     assert "--init-milestones 1 2 3 --milestones 1 2" in out  # 60/120/170 of 200 and 80/120 of 170, at 3 epochs
-    assert "-m ltcil run icarl_resnet32_cifar100_b0inc10_pycil train.epochs=3" in out
-    assert "scenario.max_tasks=2" in out and "train.initial_milestones=[1, 2, 3]" in out
+    assert "-m ltcil run icarl_resnet32_cifar100_b0inc10_pycil train.epochs=3 train.first_task.epochs=3" in out
+    assert "scenario.max_tasks=2" in out and "train.first_task.milestones=[1, 2, 3]" in out
     assert not any((tmp_path / "out").iterdir())
 
 

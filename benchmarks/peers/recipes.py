@@ -27,7 +27,7 @@ class Recipe:
     method: str  # the name both harness and peer adapter use
     config: str  # the shipped ltcil config that reproduces the peer's recipe
     classifiers: dict  # peer classifier name -> ltcil classifier name
-    epoch_keys: tuple = ("train.epochs", "train.initial_epochs")  # ltcil keys the short schedule sets
+    epoch_keys: tuple = ("train.epochs", "train.first_task.epochs")  # ltcil keys the short schedule sets
     extra: tuple = ()  # further ltcil overrides the parity run needs
     notes: str = ""
 
@@ -38,7 +38,7 @@ _ALL = (
     Recipe("pycil", "icarl", "icarl_resnet32_cifar100_b0inc10_pycil", {"nme": "nme", "cnn": "linear"}),
     # PyCIL's BiC runs its bias-correction stage for as many epochs as the first stage (one global)
     Recipe("pycil", "bic", "bic_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"},
-           epoch_keys=("train.epochs", "train.initial_epochs", "method.bias_epochs")),
+           epoch_keys=("train.epochs", "train.first_task.epochs", "method.bias_epochs")),
     Recipe("avalanche", "naive", "finetune_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "lwf", "lwf_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "icarl", "icarl_resnet32_cifar100_b0inc10_avalanche", {"nme": "nme"}),
@@ -81,8 +81,8 @@ def short_schedule(rec: Recipe, epochs: int) -> dict:
     from ltcil.config import load_config
 
     train = load_config(rec.config).train
-    first_epochs = train.initial_epochs or train.epochs
-    first = train.initial_milestones if train.initial_milestones is not None else train.milestones
+    first_epochs = train.first_task.epochs or train.epochs
+    first = train.first_task.milestones if train.first_task.milestones is not None else train.milestones
     out = {"init": scale_milestones(first, first_epochs, epochs),
            "later": scale_milestones(train.milestones, train.epochs, epochs)}
     if "method.bias_epochs" in rec.epoch_keys:
@@ -100,7 +100,7 @@ def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: 
     out = [f"{key}={epochs}" for key in rec.epoch_keys]
     if scaled:
         sched = short_schedule(rec, epochs)
-        out += [f"train.initial_milestones={sched['init']}", f"train.milestones={sched['later']}"]
+        out += [f"train.first_task.milestones={sched['init']}", f"train.milestones={sched['later']}"]
         if "bias" in sched:
             out.append(f"method.bias_milestones={sched['bias']}")
     out += [f"seed={seed}", f"scenario.order=seed:{seed}", f"scenario.max_tasks={tasks}", f"data.root={data_root}",

@@ -13,13 +13,14 @@ import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, LtcilWarning
 from .files import read_text
 
 
@@ -79,23 +80,34 @@ class MemoryConfig:
 
 
 @dataclass
+class FirstTaskConfig:
+    """Settings of the first task where they differ from the later tasks' (PyCIL: 200 epochs and weight decay
+    5e-4 first, then 170 and 2e-4); each unset one is the train section's."""
+    epochs: int = 0  # 0: train.epochs
+    lr: float = 0.0  # 0: train.lr
+    milestones: Optional[list] = None  # None: train.milestones
+    weight_decay: Optional[float] = None  # None: train.weight_decay
+    batch_size: int = 0  # 0: train.batch_size
+
+
+# train.initial_<key> before the first_task section existed: still read, with a warning naming the new key
+DEPRECATED_TRAIN_KEYS = {f"initial_{k}": k for k in ("epochs", "lr", "milestones", "weight_decay", "batch_size")}
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
-    initial_epochs: int = 0  # epochs of the first task (0: same as epochs)
+    first_task: FirstTaskConfig = field(default_factory=FirstTaskConfig)
     batch_size: int = 128
     sampler: str = "instance"  # instance | class_balanced | sqrt: how an epoch visits images (data/sampling.py)
     loss: str = "ce"  # ce | balanced_softmax | class_balanced: the classification term of methods built on CE
     cb_beta: float = 0.9999  # class_balanced: effective-number weights (Cui et al. 2019)
     lr: float = 0.1
-    initial_lr: float = 0.0  # lr of the first task (0: same as lr)
     optimizer: str = "sgd"  # sgd | adam | adamw
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # constant | step | cosine
     milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
-    initial_milestones: Optional[list] = None  # milestones of the first task (None: same as milestones)
-    initial_weight_decay: Optional[float] = None  # weight decay of the first task (None: same as weight_decay)
-    initial_batch_size: int = 0  # batch size of the first task (0: same as batch_size)
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
     schedule_unit: str = "step"  # step: warm-up and cosine move every step (milestones stay whole epochs) |
@@ -185,8 +197,9 @@ _CHOICES = {
 }
 
 _NON_NEGATIVE = {
-    "scenario.initial", "scenario.val_per_class", "scenario.max_tasks", "memory.size", "memory.per_class", "train.initial_epochs",
-    "train.initial_batch_size", "train.lr", "train.initial_lr", "train.momentum", "train.weight_decay",
+    "scenario.initial", "scenario.val_per_class", "scenario.max_tasks", "memory.size", "memory.per_class",
+    "train.first_task.epochs", "train.first_task.batch_size", "train.lr", "train.first_task.lr", "train.momentum",
+    "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
     "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
@@ -326,10 +339,11 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
         raise ConfigError(f"{where}train.color_jitter: {jitter!r} must be a strength >= 0 or a list of three "
                           "(brightness, contrast, saturation), e.g. [0.247, 0, 0].")
-    for key in ("milestones", "initial_milestones"):
-        value = getattr(cfg.train, key)
+    for key, value in (("milestones", cfg.train.milestones), ("first_task.milestones", cfg.train.first_task.milestones)):
         if value is not None and not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value):
             raise ConfigError(f"{where}train.{key}: {value!r} must be a list of positive epoch numbers.")
+    if cfg.train.first_task.weight_decay is not None and cfg.train.first_task.weight_decay < 0:
+        raise ConfigError(f"{where}train.first_task.weight_decay: {cfg.train.first_task.weight_decay!r} must be >= 0.")
     if cfg.eval.few_shot > cfg.eval.many_shot:
         raise ConfigError(f"{where}eval.few_shot ({cfg.eval.few_shot}) must not exceed eval.many_shot.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
@@ -418,9 +432,30 @@ def read_yaml(path: Path) -> dict:
     return tree
 
 
+def migrate(tree: dict, where: str = "", warn: bool = True) -> dict:
+    """The config tree with deprecated keys moved to their new place (train.initial_epochs ->
+    train.first_task.epochs, ...), each named in a warning; both forms at once are an error."""
+    train = tree.get("train")
+    if not isinstance(train, dict) or not any(k in DEPRECATED_TRAIN_KEYS for k in train):
+        return tree
+    train = dict(train)
+    first = dict(train.get("first_task") or {})
+    for old, new in DEPRECATED_TRAIN_KEYS.items():
+        if old not in train:
+            continue
+        if new in first:
+            raise ConfigError(f"{where}train.{old} and train.first_task.{new} are both set; keep train.first_task.{new}.")
+        first[new] = train.pop(old)
+        if warn:
+            warnings.warn(LtcilWarning(f"{where}train.{old} is deprecated: use train.first_task.{new} (same "
+                                       "meaning); it was read as that."))
+    train["first_task"] = first
+    return {**tree, "train": train}
+
+
 def from_dict(tree: dict, where: str = "") -> Config:
     """Build and validate a Config; `where` (e.g. 'configs/x.yaml: ') prefixes every error."""
-    tree = dict(tree)
+    tree = migrate(dict(tree), where)
     method = tree.get("method", {"name": "finetune"})
     if isinstance(method, str):
         method = {"name": method}
@@ -469,8 +504,8 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Config
     where = ""
     if path is not None:
         path = resolve_config_path(path)
-        tree = read_with_base(path)
         where = f"{path}: "
+        tree = migrate(read_with_base(path), where)
     if not overrides:
         return from_dict(tree, where)
     from_dict(tree, where)  # the file alone first, so its own mistakes are reported against it

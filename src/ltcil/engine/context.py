@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from ..config import Config, TrainConfig
+from ..data.augment import AugmentSpec
 from ..data.loader import DeviceData, FeatureData
 from ..scenarios import Scenario, Task
+from .stage import Stage
 from .trainer import Trainer
 
 
@@ -49,11 +51,11 @@ class TaskContext:
         them), so an epoch costs no network pass; `trainer` (from frozen_stage) replaces the task's trainer."""
         if features is not None:
             trainer = Trainer(FeatureData(*features), self.device, self.events, progress=False, amp=False)
-        return (trainer or self.trainer).fit(
-            step_fn, params, indices, stage if stage is not None else self.cfg.train, epochs=epochs, lr=lr,
-            gens=self.gens, task_index=self.task_index, name=name, split=split, augment=augment, modules=modules,
-            on_epoch=on_epoch,
-        )
+        settings = stage if stage is not None else self.cfg.train
+        spec = Stage(name, settings, epochs, lr, AugmentSpec.from_train_config(settings) if augment else None,
+                     split=split, modules=tuple(modules), on_epoch=on_epoch)
+        return (trainer or self.trainer).fit(step_fn, params, indices, spec, gens=self.gens,
+                                             task_index=self.task_index)
 
     def frozen_stage(self, model, indices: np.ndarray, augmented: bool, embed=None):
         """What a stage that trains only on top of a frozen network (cRT, LWS, a linear probe, BiC's bias

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from .. import registry
-from ..config import Config, dump_config
+from ..config import Config, dump_config, migrate
+from ..data.augment import AugmentSpec
 from ..data.loader import DeviceData
 from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
@@ -32,6 +33,7 @@ from .checkpoint import (
 )
 from .context import TaskContext
 from .networks import NetworkFactory
+from .stage import Stage, task_settings
 from .seed import generators, seed_task, task_seed
 from .trainer import Trainer
 
@@ -244,20 +246,7 @@ class Experiment:
         timing["begin"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        first = t == 0
-        epochs = cfg.train.initial_epochs if first and cfg.train.initial_epochs else cfg.train.epochs
-        lr = cfg.train.initial_lr if first and cfg.train.initial_lr else cfg.train.lr
-        stage = cfg.train
-        if first and (cfg.train.initial_milestones is not None or cfg.train.initial_weight_decay is not None
-                      or cfg.train.initial_batch_size):
-            stage = dataclasses.replace(
-                cfg.train,
-                milestones=cfg.train.initial_milestones if cfg.train.initial_milestones is not None
-                else cfg.train.milestones,
-                weight_decay=cfg.train.initial_weight_decay if cfg.train.initial_weight_decay is not None
-                else cfg.train.weight_decay,
-                batch_size=cfg.train.initial_batch_size or cfg.train.batch_size,
-            )
+        settings, epochs, lr = task_settings(cfg.train, first=t == 0)
         indices = ctx.train_indices = self.method.train_indices(task, ctx)
         self.method.train_counts = train_class_counts(ctx, indices, self.method.model.num_classes)
         resume = self._resume_inside(t, events)
@@ -266,12 +255,12 @@ class Experiment:
         step = self.method.training_step
         if self.method.needs_context:  # what a step needs of the task comes through the context, as ctx=
             step = functools.partial(step, ctx=ctx)
-        trainer.fit(step, self.method.trainable_parameters(), indices, stage,
-                    epochs=epochs, lr=lr, gens=ctx.gens, task_index=t, modules=[self.method.model],
-                    on_epoch=functools.partial(self.method.begin_epoch, ctx=ctx),
-                    augment_spec=self.method.augmentation(),
-                    views=self.method.views, with_indices=self.method.batch_indices, resume=resume,
-                    save=self._save_inside(t) if cfg.train.checkpoint_minutes > 0 else None,
+        stage = Stage("train", settings, epochs, lr,
+                      augment=self.method.augmentation() or AugmentSpec.from_train_config(settings),
+                      views=self.method.views, with_indices=self.method.batch_indices,
+                      modules=(self.method.model,), on_epoch=functools.partial(self.method.begin_epoch, ctx=ctx))
+        trainer.fit(step, self.method.trainable_parameters(), indices, stage, gens=ctx.gens, task_index=t,
+                    resume=resume, save=self._save_inside(t) if cfg.train.checkpoint_minutes > 0 else None,
                     save_seconds=cfg.train.checkpoint_minutes * 60)
         timing["train"] = time.perf_counter() - t0
         timing["train_images"] = int(len(indices)) * epochs
@@ -403,7 +392,7 @@ def check_same_experiment(saved: Optional[dict], now: dict, path) -> None:
     differ), naming every changed key with both values."""
     if saved is None:  # written before configs were stored in every checkpoint
         return
-    old, new = _flat(saved), _flat(now)
+    old, new = _flat(migrate(saved, warn=False)), _flat(now)
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not any(k == a or k.startswith(a) for a in RESUMABLE_CHANGES)]
     if changed:

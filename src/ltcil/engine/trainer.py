@@ -13,11 +13,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..data.augment import AugmentSpec
 from ..data.sampling import epoch_order
 from ..errors import LtcilError
 from . import distributed
 from .optim import build_optimizer, lr_factor, set_lr
+from .stage import Stage
 
 
 class NonFiniteLossError(LtcilError):
@@ -61,137 +61,130 @@ class Trainer:
 
     def fit(
         self,
-        step_fn: Callable[[torch.Tensor, torch.Tensor], dict],
+        step_fn: Callable[..., dict],
         params,
         indices: np.ndarray,
-        stage,
+        stage: Stage,
         *,
-        epochs: int,
-        lr: float,
         gens: tuple[torch.Generator, torch.Generator],
         task_index: int,
-        name: str = "train",
-        split: str = "train",
-        augment: bool = True,
-        modules=(),
-        on_epoch: Optional[Callable[[int, int], None]] = None,
-        augment_spec: Optional[AugmentSpec] = None,
-        views: int = 1,
-        with_indices: bool = False,
         resume: Optional[dict] = None,
         save: Optional[Callable[[int, dict], None]] = None,
         save_seconds: float = 0.0,
     ) -> list[dict]:
-        """Run `epochs` epochs of `step_fn` over `indices`, visited as `stage.sampler` says; `modules` are put
-        in train mode each epoch; `on_epoch(epoch, epochs)` runs before each epoch (e.g. DRW's re-weighting).
-        `augment_spec` replaces the stage's augmentation; with `views` > 1 the step gets that many independently
-        augmented copies of the batch, concatenated (2N images for N labels: contrastive learning);
-        `with_indices` passes the batch's indices into the split as a third argument.
-        Under torchrun each rank steps on its shard of every batch and gradients are averaged (distributed.py).
-        `save(epochs_done, loop_state)` is called after an epoch once `save_seconds` have passed since the start or
-        the last save (not after the last epoch); `resume`, such a loop state, continues after its epoch with
-        its optimiser and generators (the caller restores the model first)."""
+        """Run `stage.epochs` epochs of `step_fn` over `indices`, visited as the stage's sampler says; returns
+        the epoch events. Under torchrun each rank steps on its shard of every batch and gradients are averaged
+        (distributed.py). `save(epochs_done, loop_state)` is called after an epoch once `save_seconds` have
+        passed since the start or the last save (not after the last epoch); `resume`, such a loop state,
+        continues after its epoch with its optimiser and generators (the caller restores the model first)."""
         cpu_gen, dev_gen = gens
-        world = distributed.world()
         if self.compile_mode != "off":
             step_fn = compile_step(step_fn, self.compile_mode)
-        sampler = getattr(stage, "sampler", "instance")
         labels = None
-        if sampler != "instance":
+        if stage.settings.sampler != "instance":
             where = torch.as_tensor(indices, dtype=torch.long).to(self.device)
-            labels = self.data.labels[split][where].cpu().numpy()
-        optimizer = build_optimizer(params, stage, lr, self.device)
-        trained = [p for group in optimizer.param_groups for p in group["params"]]
-        spec = (augment_spec or AugmentSpec.from_train_config(stage)) if augment else None
-        history = []
+            labels = self.data.labels[stage.split][where].cpu().numpy()
+        optimizer = build_optimizer(params, stage.settings, stage.lr, self.device)
         first_epoch = 0
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             cpu_gen.set_state(resume["generators"][0])
             dev_gen.set_state(resume["generators"][1])
             first_epoch = resume["epoch"]
-        last_save = time.perf_counter()
-        bar = None
-        full, rest = divmod(len(indices), stage.batch_size)
-        per_epoch = max(1, full + (1 if rest >= 2 else 0))
-        per_step = getattr(stage, "schedule_unit", "epoch") == "step"  # warm-up and cosine move every step
-        if self.progress:  # counts steps (a 1-epoch task moves too), the epoch in the description
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=epochs * per_epoch, initial=first_epoch * per_epoch, leave=False, dynamic_ncols=True,
-                       unit="step", desc=f"task {task_index + 1} {name}")
-        for epoch in range(first_epoch, epochs):
+        per_epoch = stage.steps_per_epoch(len(indices))
+        bar = self._bar(stage, task_index, first_epoch, per_epoch)
+        history, last_save = [], time.perf_counter()
+        for epoch in range(first_epoch, stage.epochs):
             if bar is not None:
-                bar.set_description(f"task {task_index + 1} {name}, epoch {epoch + 1}/{epochs}")
-            set_lr(optimizer, lr * lr_factor(stage, epoch, epochs))
-            if on_epoch is not None:  # before train(): a hook may run the model in eval mode (e.g. clustering)
-                on_epoch(epoch, epochs)
-            for m in modules:
+                bar.set_description(f"task {task_index + 1} {stage.name}, epoch {epoch + 1}/{stage.epochs}")
+            set_lr(optimizer, stage.lr * lr_factor(stage.settings, epoch, stage.epochs))
+            if stage.on_epoch is not None:  # before train(): a hook may run the model in eval mode (clustering)
+                stage.on_epoch(epoch, stage.epochs)
+            for m in stage.modules:
                 m.train()
-            start = time.perf_counter()
-            sums: dict[str, torch.Tensor] = {}
-            steps, seen = 0, 0
-            # first step whose loss is not finite, tracked on the device (no host sync per step); -1: none
-            first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
-            order = epoch_order(sampler, indices, labels, cpu_gen)
-            for idx in self.data.index_batches(order, stage.batch_size, shuffle=False, training=True):
-                if world.enabled and len(idx) < 2 * world.size:
-                    continue  # a trailing batch too small to give every rank two images (BatchNorm)
-                if per_step and steps:
-                    set_lr(optimizer, lr * lr_factor(stage, epoch + steps / per_epoch, epochs))
-                # the whole batch is augmented on every rank (same generator), so each shard sees exactly the
-                # images a single process would
-                x, y = self.data.batch(split, idx, spec, dev_gen)
-                if views > 1:
-                    x = torch.cat([x] + [self.data.batch(split, idx, spec, dev_gen)[0] for _ in range(views - 1)])
-                batch_images, weight = len(idx), 1.0
-                if world.enabled:
-                    weight = distributed.shard_weight(len(idx))
-                    x, y, idx = distributed.shard(x, views), distributed.shard(y), distributed.shard(idx)
-                with self.autocast():
-                    losses = step_fn(x, y, idx) if with_indices else step_fn(x, y)
-                bad = ~torch.isfinite(losses["loss"].detach()) & (first_bad < 0)
-                first_bad = torch.where(bad, torch.full_like(first_bad, steps + 1), first_bad)
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                distributed.average_gradients(trained, weight)
-                optimizer.step()
-                for key, value in losses.items():
-                    value = value.detach().float() * weight
-                    sums[key] = sums[key] + value if key in sums else value
-                steps += 1
-                seen += batch_images
-                if bar is not None:
-                    bar.update(1)
-            if world.enabled:  # one exchange per epoch: the logged losses are means over whole batches
-                sums = distributed.sum_named(sums, self.device)
-                distributed.all_reduce_max(first_bad)
-            record = {k: float(v) / max(steps, 1) for k, v in sums.items()}
-            elapsed = time.perf_counter() - start
-            event = {
-                "event": "epoch", "task": task_index, "stage": name, "epoch": epoch + 1, "epochs": epochs,
-                "lr": optimizer.param_groups[0]["lr"], "losses": record, "seconds": elapsed,
-                "images_per_second": seen / elapsed if elapsed > 0 else None,
-            }
-            self.events.write(event)
+            order = epoch_order(stage.settings.sampler, indices, labels, cpu_gen)
+            event = self._epoch(step_fn, optimizer, order, stage, epoch, per_epoch, dev_gen, task_index, bar)
             history.append(event)
-            bad_step = int(first_bad)
-            if bad_step > 0 or not all(math.isfinite(v) for v in record.values()):
-                raise NonFiniteLossError(
-                    f"non-finite loss in task {task_index + 1}, stage {name!r}, epoch {epoch + 1}, step "
-                    f"{bad_step if bad_step > 0 else '?'} of {steps}: {record}. "
-                    "The run stopped; the checkpoint of the last finished task is kept. Lower train.lr or check "
-                    "the data."
-                )
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
-            if (save is not None and epoch + 1 < epochs
+            if (save is not None and epoch + 1 < stage.epochs
                     and distributed.from_main(time.perf_counter() - last_save >= save_seconds)):
-                with distributed.averaged_buffers(modules):
+                with distributed.averaged_buffers(stage.modules):
                     save(epoch + 1, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                                      "generators": [cpu_gen.get_state(), dev_gen.get_state()]})
                 last_save = time.perf_counter()
         if bar is not None:
             bar.close()
-        distributed.average_buffers(modules)
+        distributed.average_buffers(stage.modules)
         return history
+
+    def _bar(self, stage: Stage, task_index: int, first_epoch: int, per_epoch: int):
+        """A progress bar that counts steps (a 1-epoch task moves too), the epoch in its description."""
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=stage.epochs * per_epoch, initial=first_epoch * per_epoch, leave=False,
+                    dynamic_ncols=True, unit="step", desc=f"task {task_index + 1} {stage.name}")
+
+    def _epoch(self, step_fn, optimizer, order, stage: Stage, epoch: int, per_epoch: int, dev_gen, task_index: int,
+               bar) -> dict:
+        """One epoch over `order`: losses summed on the device and read once, a non-finite loss located by step
+        without a host sync per step; logs and returns the epoch event."""
+        world = distributed.world()
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
+        per_step = stage.settings.schedule_unit == "step"  # warm-up and cosine move every step
+        start = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        steps, seen = 0, 0
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # -1: every loss finite so far
+        for idx in self.data.index_batches(order, stage.settings.batch_size, shuffle=False, training=True):
+            if world.enabled and len(idx) < 2 * world.size:
+                continue  # a trailing batch too small to give every rank two images (BatchNorm)
+            if per_step and steps:
+                set_lr(optimizer, stage.lr * lr_factor(stage.settings, epoch + steps / per_epoch, stage.epochs))
+            # the whole batch is augmented on every rank (same generator), so each shard sees exactly the images
+            # a single process would
+            x, y = self.data.batch(stage.split, idx, stage.augment, dev_gen)
+            if stage.views > 1:
+                x = torch.cat([x] + [self.data.batch(stage.split, idx, stage.augment, dev_gen)[0]
+                                     for _ in range(stage.views - 1)])
+            batch_images, weight = len(idx), 1.0
+            if world.enabled:
+                weight = distributed.shard_weight(len(idx))
+                x, y, idx = distributed.shard(x, stage.views), distributed.shard(y), distributed.shard(idx)
+            with self.autocast():
+                losses = step_fn(x, y, idx) if stage.with_indices else step_fn(x, y)
+            bad = ~torch.isfinite(losses["loss"].detach()) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, steps + 1), first_bad)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            distributed.average_gradients(trained, weight)
+            optimizer.step()
+            for key, value in losses.items():
+                value = value.detach().float() * weight
+                sums[key] = sums[key] + value if key in sums else value
+            steps += 1
+            seen += batch_images
+            if bar is not None:
+                bar.update(1)
+        if world.enabled:  # one exchange per epoch: the logged losses are means over whole batches
+            sums = distributed.sum_named(sums, self.device)
+            distributed.all_reduce_max(first_bad)
+        record = {k: float(v) / max(steps, 1) for k, v in sums.items()}
+        elapsed = time.perf_counter() - start
+        event = {
+            "event": "epoch", "task": task_index, "stage": stage.name, "epoch": epoch + 1, "epochs": stage.epochs,
+            "lr": optimizer.param_groups[0]["lr"], "losses": record, "seconds": elapsed,
+            "images_per_second": seen / elapsed if elapsed > 0 else None,
+        }
+        self.events.write(event)
+        bad_step = int(first_bad)
+        if bad_step > 0 or not all(math.isfinite(v) for v in record.values()):
+            raise NonFiniteLossError(
+                f"non-finite loss in task {task_index + 1}, stage {stage.name!r}, epoch {epoch + 1}, step "
+                f"{bad_step if bad_step > 0 else '?'} of {steps}: {record}. "
+                "The run stopped; the checkpoint of the last finished task is kept. Lower train.lr or check "
+                "the data."
+            )
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()})
+        return event
