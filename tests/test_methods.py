@@ -16,7 +16,11 @@ from ltcil.losses.distillation import kd_loss
 
 @pytest.mark.parametrize("name", registry.available("method"))
 def test_method_runs_three_tasks_and_writes_results(name, tmp_path):
+    from ltcil.reporting.results import check_schema
+
     results = run_tiny(tmp_path, f"method.name={name}", *METHOD_OVERRIDES.get(name, []))
+    assert check_schema(json.loads((tmp_path / "results.json").read_text())) == []
+    assert results["classifiers"][results["headline_classifier"]]["accuracy"] == results["accuracy"]
     assert len(results["accuracy"]) == 3
     assert all(0 <= a <= 100 for a in results["accuracy"])
     assert len(results["accuracy_matrix"][2]) == 3

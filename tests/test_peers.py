@@ -57,7 +57,7 @@ def test_pycil_icarl_recipe_sets_pycils_choices():
 
 def _results(headline, **series):
     return {"headline_classifier": headline, "accuracy": series[headline],
-            **({f"accuracy_{k}": v for k, v in series.items()} if len(series) > 1 else {})}
+            "classifiers": {k: {"accuracy": v} for k, v in series.items()}}
 
 
 def test_ltcil_record_reads_headline_and_named_classifiers():
@@ -68,6 +68,8 @@ def test_ltcil_record_reads_headline_and_named_classifiers():
     assert recipes.ltcil_record(_results("logits", logits=[60.0]), fine, 2, 1.0)["accuracy"] == {"cnn": [60.0]}
     with pytest.raises(KeyError, match="linear"):
         recipes.ltcil_record(_results("nme", nme=[1.0]), icarl, 1, 1.0)
+    flat = {"headline_classifier": "nme", "accuracy": [50.0], "accuracy_linear": [45.0]}  # an older results.json
+    assert recipes.ltcil_record(flat, icarl, 1, 1.0)["accuracy"] == {"nme": [50.0], "cnn": [45.0]}
 
 
 def test_peer_record_keeps_the_compared_classifiers():

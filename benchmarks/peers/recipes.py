@@ -114,15 +114,15 @@ def ltcil_record(results: dict, rec: Recipe, seed: int, wall_s: float) -> dict:
     """A finished ltcil run (results.json) as a parity record: per-task top-1 of each compared classifier, in
     the peer's names."""
     headline = results["headline_classifier"]
+    classifiers = results.get("classifiers")
+    if classifiers is None:  # results.json written before the classifiers key: the flat keys
+        classifiers = {k[len("accuracy_"):]: {"accuracy": v} for k, v in results.items() if k.startswith("accuracy_")}
+        classifiers[headline] = {"accuracy": results["accuracy"]}
     per_classifier = {}
     for peer_name, name in rec.classifiers.items():
-        key = f"accuracy_{name}"
-        if key in results:
-            per_classifier[peer_name] = results[key]
-        elif name == headline:
-            per_classifier[peer_name] = results["accuracy"]
-        else:
+        if name not in classifiers:
             raise KeyError(f"ltcil results have no classifier {name!r} (headline {headline!r})")
+        per_classifier[peer_name] = classifiers[name]["accuracy"]
     return {"toolkit": "ltcil", "method": rec.method, "seed": seed, "accuracy": per_classifier, "wall_s": wall_s}
 
 

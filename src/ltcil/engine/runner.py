@@ -185,10 +185,8 @@ class Experiment:
         extra = {"timing": self.timing, "device": str(self.device), "threads": self.threads,
                  "processes": self.world.size,
                  "class_names": [names[c] for c in self.scenario.order.tolist()]}  # arrival order, as per_class
-        extra.update(self.method.results_extra())
-        return build_results(
-            self.steps, self.scenario, self.cfg.to_dict(), self.headline, self.scenario.is_imbalanced, extra
-        )
+        return build_results(self.steps, self.scenario, self.cfg.to_dict(), self.headline,
+                             self.scenario.is_imbalanced, extra, method_extra=self.method.results_extra())
 
     # --- the loop ----------------------------------------------------------------------------------------
     def run(self) -> dict:

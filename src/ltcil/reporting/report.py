@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import LtcilError
+from .results import check_schema
 
 PHASES = ("begin", "train", "end", "eval")
-# accuracy_<suffix> lists that are not a classifier's top-1 series
+# accuracy_<suffix> lists that are not a classifier's top-1 series (the flat keys of results.json files written
+# before the `classifiers` key)
 NOT_CLASSIFIERS = {"top5", "old", "new", "matrix", "many", "medium", "few"}
 MISSING = object()  # a config key one run has and another lacks
 
@@ -77,6 +79,11 @@ def load_run(path: Path) -> Run:
     if not isinstance(results, dict):
         raise LtcilError(f"cannot report on {path}: {results_path} must hold a JSON object.")
     _check_types(results, results_path)
+    if "schema" in results:
+        problems = check_schema(results)
+        if problems:
+            raise LtcilError(f"cannot report on {path}: {results_path} does not follow the results schema: "
+                             f"{'; '.join(problems[:4])}; the file was edited or is damaged.")
     if not results.get("config"):
         results["config"] = _config_from_yaml(path / "config.yaml")
     name = path.resolve().name or str(path)  # `ltcil report .` is named after the folder, not "."
@@ -165,6 +172,8 @@ def load_plots():
 def classifier_series(results: dict) -> dict[str, list]:
     """Top-1 per task of every classifier besides the headline one (which is `accuracy` itself)."""
     headline = results.get("headline_classifier")
+    if isinstance(results.get("classifiers"), dict):
+        return {name: entry["accuracy"] for name, entry in results["classifiers"].items() if name != headline}
     series = {}
     for key, value in results.items():
         name = key.removeprefix("accuracy_")

@@ -11,16 +11,16 @@ def summary_table(results: dict) -> str:
     acc = results["accuracy"]
     lines = []
     header = ["task", "classes", "top-1", "top-5", "old", "new"]
-    extra_keys = [k for k in results if k.startswith("accuracy_") and isinstance(results[k], list)
-                  and k not in ("accuracy_top5", "accuracy_old", "accuracy_new", "accuracy_matrix")]
-    header += [k[len("accuracy_"):] for k in extra_keys]
+    classifiers = results.get("classifiers") or {}
+    series = {name: entry["accuracy"] for name, entry in classifiers.items()} if len(classifiers) > 1 else {}
+    header += list(series)
     rows = []
     seen = 0
     for t, a in enumerate(acc):
         seen += len(results["tasks"][t])
         row = [str(t + 1), str(seen), _fmt(a), _fmt(results["accuracy_top5"][t]),
                _fmt(results["accuracy_old"][t]), _fmt(results["accuracy_new"][t])]
-        rows.append(row + [_fmt(results[k][t]) for k in extra_keys])
+        rows.append(row + [_fmt(values[t]) for values in series.values()])
     widths = [max(7, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]  # columns never run together
     lines.append("  ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
     lines += ["  ".join(f"{c:>{w}}" for c, w in zip(row, widths)) for row in rows]
@@ -41,8 +41,7 @@ def summary_table(results: dict) -> str:
                      f"{how}):")
         lines.append(f"{'classifier':>16}  {'all':>6}  {'many':>6}  {'medium':>6}  {'few':>6}")
         for name, groups in shots.items():
-            key = "accuracy" if name == results["headline_classifier"] else f"accuracy_{name}"
-            overall = results.get(key, acc)[-1] if acc else None
+            overall = (classifiers.get(name) or {}).get("last_accuracy")
             lines.append(f"{name:>16}  {_fmt(overall):>6}  {_fmt(groups['many'][-1]):>6}  "
                          f"{_fmt(groups['medium'][-1]):>6}  {_fmt(groups['few'][-1]):>6}")
     return "\n".join(lines)
