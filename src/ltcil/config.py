@@ -47,7 +47,7 @@ class ScenarioConfig:
     increment: Union[int, list] = 0  # classes per later task, or a list of task sizes; 0 = a single task
     imbalance_factor: float = 1.0  # n_max / n_min of training images per class; 1 = balanced
     longtail_profile: str = "exp"  # exp: n_i = floor(n_max * IF^(-i/(C-1))); step: half the classes get n_max/IF;
-    # random: n_i = floor(n_max * IF^(-r_i)), r_i ~ U(0, 1) per class (seed 1's thesis profile, IF = R)
+    # random: n_i = floor(n_max * IF^(-r_i)), r_i ~ U(0, 1) per class (the COAOX/Class_incremental_learning_in_long_tail thesis profile, IF = R)
     longtail_by: str = "class_id"  # class_id: i = original id; arrival: i = arrival position
     val_fraction: float = 0.0  # per-class share of training images held out as validation (never trained on)
     val_per_class: int = 0  # balanced validation: this many images per class, first from the images the

@@ -1,5 +1,5 @@
 """The 4-block conv encoder of prototypical networks (Snell et al. 2017, "Prototypical Networks for Few-shot
-Learning"), as used by seed 1.
+Learning"), as used by COAOX/Class_incremental_learning_in_long_tail.
 
 4 x [conv3x3 (64 channels, padding 1), BN, ReLU, 2x2 max-pool], then the feature map is flattened (not
 pooled), so num_features depends on the image size: 32 px -> 2x2x64 = 256, 28 px -> 1x1x64 = 64.

@@ -19,8 +19,8 @@ _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 def cifar_resnet(n: int, cfg: BackboneConfig, in_channels: int) -> ResNet:
     """n blocks per stage. "basic" gives 64-d features; "bottleneck" (expansion 4) gives 256-d features.
 
-    Seed 3's resnet56 used bottleneck blocks, so its features are 256-d, not 64-d: set backbone.block to
-    "bottleneck" to reproduce it.
+    rojinakashefi/LwF-iCaRL-Incremental-Learning's resnet56 used bottleneck blocks, so its features are 256-d,
+    not 64-d: set backbone.block to "bottleneck" to reproduce it.
     """
     if cfg.block not in _BLOCKS:
         raise ConfigError(f"backbone.block: expected one of {', '.join(_BLOCKS)}, got {cfg.block!r}.")

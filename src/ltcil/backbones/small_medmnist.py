@@ -1,4 +1,5 @@
-"""The small residual network CCSI trains on MedMNIST (seed 5, "small_model"; SEEDS_SPEC 5.3).
+"""The small residual network CCSI trains on MedMNIST ("small_model" of the released code,
+sanaAyrml/Class-Impresion-for-Data-free-Incremental-Learning).
 
 conv3x3 stride 2 -> 16 channels, BN, ReLU; three stages of one basic residual block (widths 16/32/64, all
 stride 1); 7x7 average pooling with stride 7 (a 16x16 map from 32 px, or 14x14 from 28 px, becomes 2x2),

@@ -104,7 +104,8 @@ def scan_folders(split_dir: Path, classes: list[str] | None) -> tuple[list[str],
     for c in found:
         # any depth below the class folder: Tiny-ImageNet keeps train/<wnid>/images/*.JPEG
         for f in sorted((split_dir / c).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.relative_to(split_dir).parts):
+            hidden = any(p.startswith(".") for p in f.relative_to(split_dir).parts)
+            if f.suffix.lower() in IMAGE_SUFFIXES and not hidden:
                 paths.append(str(f))
                 labels.append(index[c])
     if not paths:

@@ -25,7 +25,8 @@ def is_run_folder(folder: Path) -> bool:
     folder = Path(folder)
     if (folder / MARKER).exists() or (folder / "sweep.json").exists():
         return True
-    return (folder / "config.yaml").exists() and ((folder / "events.jsonl").exists() or (folder / "checkpoints").is_dir())
+    ran = (folder / "events.jsonl").exists() or (folder / "checkpoints").is_dir()
+    return (folder / "config.yaml").exists() and ran
 
 
 def _contents(folder: Path) -> list[Path]:

@@ -1,5 +1,5 @@
 """Nearest-prototype classifier on squared Euclidean distance with a per-class "re-measure" correction
-(seed 1, thesis Sec. 2.3.2): logits_j = -(alpha_j * ||f(x) - c_j||^2 + beta_j).
+(COAOX/Class_incremental_learning_in_long_tail, thesis Sec. 2.3.2): logits_j = -(alpha_j * ||f(x) - c_j||^2 + beta_j).
 
 alpha, beta start at 1 and 0 for every class; during a stage only the columns of that stage's classes learn,
 the earlier ones are frozen (their gradient is cut), the per-class form of BiC's correction on distances.

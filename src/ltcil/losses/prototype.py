@@ -1,5 +1,5 @@
-"""Losses of seed 1's prototype method (thesis Sec. 2.3; released train.py / prototypical_loss.py), on class
-prototypes P (k x D) and squared Euclidean distances."""
+"""Losses of the prototype method of COAOX/Class_incremental_learning_in_long_tail (thesis Sec. 2.3; released
+train.py / prototypical_loss.py), on class prototypes P (k x D) and squared Euclidean distances."""
 
 from __future__ import annotations
 

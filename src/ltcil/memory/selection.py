@@ -11,7 +11,8 @@ import torch.nn.functional as F
 def herding(features: torch.Tensor, m: int) -> np.ndarray:
     """iCaRL Alg. 4 (Rebuffi et al. 2017): greedily add the sample that brings the running mean of the
     selected (per-sample L2-normalised) features closest to the class mean. Always returns min(m, n)
-    distinct positions: seed 3's length-check bug, which could return far fewer, is not reproduced."""
+    distinct positions: rojinakashefi/LwF-iCaRL-Incremental-Learning's length-check bug, which could return far
+    fewer, is not reproduced."""
     n = features.shape[0]
     m = min(m, n)
     phi = F.normalize(features.float(), dim=1)
@@ -31,7 +32,8 @@ def herding(features: torch.Tensor, m: int) -> np.ndarray:
 
 
 def closest_to_mean(features: torch.Tensor, m: int) -> np.ndarray:
-    """The m samples nearest the class mean of normalised features (seed 1 keeps 5 such per class)."""
+    """The m samples nearest the class mean of normalised features (COAOX/Class_incremental_learning_in_long_tail
+    keeps 5 such per class)."""
     phi = F.normalize(features.float(), dim=1)
     dist = (phi - phi.mean(0, keepdim=True)).norm(dim=1)
     return torch.argsort(dist)[: min(m, len(dist))].cpu().numpy()

@@ -1,5 +1,5 @@
 """CCSI: continual class-specific impressions, data-free class-incremental learning (Ayromlou et al., TMI 2024,
-arXiv 2406.05631; MICCAI 2022 "Class Impression"; seed 5, SEEDS_SPEC 5).
+arXiv 2406.05631; MICCAI 2022 "Class Impression"; code sanaAyrml/Class-Impresion-for-Data-free-Incremental-Learning).
 
 No real image of an old class is kept. What the method retains per class is the mean training image, taken
 while the class was being learnt. At the start of each later task it synthesises impressions of every old
@@ -12,7 +12,7 @@ impressions (a share `ratio` of each batch) with (Sec. 3.3 of the paper; release
 - the intra-domain contrastive loss (IdC) between class centroids of the training batch and of unlabelled
   real images grouped by the model's pseudo-labels.
 
-Differences from the released code, following the paper's intent (SEEDS_SPEC 5 [BUG/QUIRK]):
+Differences from the released code, following the paper's intent:
 - IdC's unlabelled images are the current task's held-out validation images, never the test set (the
   release draws them from the cumulative test set, a transductive leak); only the new classes' validation
   images are used, since the old classes' real images are gone by then.

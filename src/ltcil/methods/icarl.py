@@ -69,7 +69,8 @@ class ICaRL(TeacherMethod):
         feats = self.model.forward_features(x)
         linear = self.model.head(feats)
         phi = F.normalize(feats.float(), dim=1)
-        # per-sample normalisation (seed 3 normalised by the whole batch's norm: batch-dependent, not reproduced)
+        # per-sample normalisation (rojinakashefi/LwF-iCaRL-Incremental-Learning normalised by the whole batch's
+        # norm: batch-dependent, not reproduced)
         nme = -torch.cdist(phi, self.class_means[: linear.shape[1]])
         return {"nme": nme, "linear": linear}
 

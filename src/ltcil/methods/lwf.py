@@ -11,7 +11,8 @@ from .finetune import check_ce_classes
 
 @dataclass
 class LwFOptions:
-    # "bce": iCaRL-style sigmoid targets from the old model (seed 3's "second way"); "kd": CE + lambda * KD(T).
+    # "bce": iCaRL-style sigmoid targets from the old model (rojinakashefi/LwF-iCaRL-Incremental-Learning's
+    # "second way"); "kd": CE + lambda * KD(T).
     # bce is the default: with softmax CE + KD on tasks of 2 classes the new-class bias swamps the old logits
     # and LwF barely beats finetune, while the per-class sigmoid targets keep the old outputs calibrated.
     loss: str = "bce"

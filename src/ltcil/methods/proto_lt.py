@@ -1,4 +1,5 @@
-"""Seed 1: prototype-based long-tailed class-incremental learning (COAOX thesis; released src/train.py).
+"""Prototype-based long-tailed class-incremental learning (COAOX/Class_incremental_learning_in_long_tail: thesis and
+released src/train.py).
 
 Classification by the nearest class prototype on squared Euclidean distance, trained with the NCM loss
 (Sec. 2.3, CE over negative corrected distances), plus:
@@ -12,7 +13,7 @@ Classification by the nearest class prototype on squared Euclidean distance, tra
 - memory: a few exemplars per class (thesis: 5) closest to the class mean; prototypes of every seen class are
   the mean embeddings of its exemplars, recomputed with the current encoder after each stage.
 
-Differences from the released code, following the thesis's intent (each [BUG/QUIRK] in SEEDS_SPEC 1):
+Differences from the released code, following the thesis's intent:
 exemplars are the closest to the mean of all the class's images (not of one augmented batch of 1,024); the
 validation split is never trained on; the lr schedule restarts with each stage; batch prototypes average all
 of the class's samples in the batch and absent classes are masked, not set to 10,000; each step uses one
