@@ -5,9 +5,8 @@ import ast
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
-from helpers import run_tiny, tiny_config
+from helpers import tiny_config
 
 import expanding_method  # noqa: F401  (registers test_expanding)
 from ltcil.engine.runner import Experiment

@@ -160,7 +160,8 @@ def test_groupnorm_backbone_has_no_batch_statistics():
         build_backbone(BackboneConfig(name="resnet20", norm="ln"), 3, 32)
 
 
-@pytest.mark.parametrize("name, option_a_with_fc", [("resnet20", 269_722), ("resnet32", 464_154), ("resnet56", 853_018)])
+@pytest.mark.parametrize("name, option_a_with_fc",
+                         [("resnet20", 269_722), ("resnet32", 464_154), ("resnet56", 853_018)])
 def test_pad_shortcuts_give_the_option_a_parameter_counts(name, option_a_with_fc):
     # He et al. 2016 option A (PyCIL's resnet32: 463,504 without its unused 10-way fc)
     model = build(name, shortcut="pad")

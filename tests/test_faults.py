@@ -7,7 +7,6 @@ import os
 import pickle
 import tarfile
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from ltcil.cli import main
 from ltcil.config import load_config
 from ltcil.engine import run_folder
 from ltcil.engine.runner import Experiment
-from ltcil.errors import ConfigError, DataError, LtcilError, LtcilWarning
+from ltcil.errors import ConfigError, DataError, LtcilWarning
 
 
 def cli(capsys, *args):
@@ -147,7 +146,8 @@ def _npz(path, **arrays):
 def test_npz_channels_first_keras_keys_and_sparse_labels(tmp_path):
     rng = np.random.default_rng(0)
     path = _npz(tmp_path / "mine.npz", x_train=rng.integers(0, 255, (30, 3, 8, 8), dtype=np.uint8),
-                y_train=np.repeat([3, 7, 42], 10), x_test=rng.integers(0, 255, (9, 1, 8, 8), dtype=np.uint8)[:, [0] * 3],
+                y_train=np.repeat([3, 7, 42], 10),
+                x_test=rng.integers(0, 255, (9, 1, 8, 8), dtype=np.uint8)[:, [0] * 3],
                 y_test=np.repeat([3, 7, 42], 3))
     results = run_tiny(tmp_path / "run", "data.name=npz", f"data.root={tmp_path}", "scenario.increment=1",
                        "scenario.max_tasks=2")

@@ -1,7 +1,6 @@
 """Bringing your own data: common layouts as downloaded (Tiny-ImageNet's tree, list files, Keras-style npz),
 class names that reach results.json and the report, decoding only the classes a run uses, `ltcil data check`."""
 
-import json
 
 import numpy as np
 import pytest

@@ -47,7 +47,8 @@ class ScenarioConfig:
     increment: Union[int, list] = 0  # classes per later task, or a list of task sizes; 0 = a single task
     imbalance_factor: float = 1.0  # n_max / n_min of training images per class; 1 = balanced
     longtail_profile: str = "exp"  # exp: n_i = floor(n_max * IF^(-i/(C-1))); step: half the classes get n_max/IF;
-    # random: n_i = floor(n_max * IF^(-r_i)), r_i ~ U(0, 1) per class (the COAOX/Class_incremental_learning_in_long_tail thesis profile, IF = R)
+    # random: n_i = floor(n_max * IF^(-r_i)), r_i ~ U(0, 1) per class (the thesis profile of
+    # COAOX/Class_incremental_learning_in_long_tail, IF = R)
     longtail_by: str = "class_id"  # class_id: i = original id; arrival: i = arrival position
     val_fraction: float = 0.0  # per-class share of training images held out as validation (never trained on)
     val_per_class: int = 0  # balanced validation: this many images per class, first from the images the
@@ -339,7 +340,8 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
         raise ConfigError(f"{where}train.color_jitter: {jitter!r} must be a strength >= 0 or a list of three "
                           "(brightness, contrast, saturation), e.g. [0.247, 0, 0].")
-    for key, value in (("milestones", cfg.train.milestones), ("first_task.milestones", cfg.train.first_task.milestones)):
+    first = cfg.train.first_task
+    for key, value in (("milestones", cfg.train.milestones), ("first_task.milestones", first.milestones)):
         if value is not None and not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value):
             raise ConfigError(f"{where}train.{key}: {value!r} must be a list of positive epoch numbers.")
     if cfg.train.first_task.weight_decay is not None and cfg.train.first_task.weight_decay < 0:
@@ -444,7 +446,8 @@ def migrate(tree: dict, where: str = "", warn: bool = True) -> dict:
         if old not in train:
             continue
         if new in first:
-            raise ConfigError(f"{where}train.{old} and train.first_task.{new} are both set; keep train.first_task.{new}.")
+            raise ConfigError(f"{where}train.{old} and train.first_task.{new} are both set; keep "
+                              f"train.first_task.{new}.")
         first[new] = train.pop(old)
         if warn:
             warnings.warn(LtcilWarning(f"{where}train.{old} is deprecated: use train.first_task.{new} (same "

@@ -23,8 +23,8 @@ def describe(cfg: Config, all_classes: bool = False) -> str:
              + (f" / {len(ds.val):,} val" if ds.val is not None else "") + " images"]
     order = sc.order.tolist()
     tasks = sc.tasks[: cfg.scenario.max_tasks or None]
-    lines.append(f"scenario: {len(sc.tasks)} task(s)" + (f", running the first {len(tasks)}" if len(tasks) < len(sc.tasks)
-                                                          else "") + f", class order {cfg.scenario.order!r}")
+    running = f", running the first {len(tasks)}" if len(tasks) < len(sc.tasks) else ""
+    lines.append(f"scenario: {len(sc.tasks)} task(s){running}, class order {cfg.scenario.order!r}")
     for t in tasks:
         ids = t.original_classes
         shown = ", ".join(f"{c} {names[c]}" for c in ids[:4]) + (", ..." if len(ids) > 4 else "")

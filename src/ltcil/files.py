@@ -82,4 +82,5 @@ def check_writable_folder(folder, what: str = "output folder") -> None:
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise LtcilError(f"{what} {folder} cannot be written: {probe} is read-only for this user; choose another --out.")
+        raise LtcilError(f"{what} {folder} cannot be written: {probe} is read-only for this user; choose another "
+                         "--out.")

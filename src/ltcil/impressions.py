@@ -1,5 +1,6 @@
 """Class impressions: images of old classes synthesised from a frozen model's weights alone (CCSI,
-sanaAyrml/Class-Impresion-for-Data-free-Incremental-Learning; the objective follows DeepInversion, Yin et al., CVPR 2020, Eq. 2-5).
+sanaAyrml/Class-Impresion-for-Data-free-Incremental-Learning; the objective follows DeepInversion, Yin et al.,
+CVPR 2020, Eq. 2-5).
 
 Pixels start from a class's mean image plus noise and are optimised with Adam to minimise
     main * CE(f(x'), y) + bn * sum_l w_l (||mu_l(x') - mu_l^run||_2 + ||var_l(x') - var_l^run||_2)

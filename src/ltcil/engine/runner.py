@@ -5,7 +5,6 @@ Every arrow is a plain function call on plain data; see DESIGN.md for the flow.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import os

@@ -25,7 +25,8 @@ def step_profile(n_max: int, num_classes: int, imbalance_factor: float, head_fra
 def random_exponential_profile(n_max: int, num_classes: int, imbalance_factor: float,
                                rng: np.random.Generator) -> np.ndarray:
     """The COAOX/Class_incremental_learning_in_long_tail thesis profile (Sec. 2.2): each class keeps a fraction
-    R^-r of its images, r ~ U(0, 1) drawn per class, R = imbalance_factor. Expected images per class n_max (1 - 1/R) / ln R: with n_max 500 and 20
+    R^-r of its images, r ~ U(0, 1) drawn per class, R = imbalance_factor. Expected images per class
+    n_max (1 - 1/R) / ln R: with n_max 500 and 20
     classes per stage, 3,171 / 2,842 / 2,643 per stage for R = 20 / 30 / 40 (thesis Table 1: about 3,170 /
     2,860 / 2,640)."""
     r = rng.random(num_classes)
