@@ -311,3 +311,25 @@ def test_the_headline_classifier_is_the_configs_choice(tmp_path):
 
     with pytest.raises(ConfigError, match="eval.headline: 'nme' is not a classifier of this run"):
         run_tiny(tmp_path / "b", "method.name=finetune", "eval.headline=nme")
+
+
+def test_wa_aligns_the_new_rows_to_the_old_rows_mean_norm(tmp_path):
+    # Zhao et al. 2020, Eq. 6-7: after a task, mean ||w_new|| = mean ||w_old||; weights clipped non-negative
+    exp = Experiment(tiny_config("method.name=wa"), tmp_path)
+    norms = {}
+    original = exp.method.align_weights
+
+    def spy():
+        gamma = original()
+        w = exp.method.model.head.weight.detach()
+        old = exp.method.old_classes
+        norms[len(norms)] = (float(w[:old].norm(dim=1).mean()), float(w[old:].norm(dim=1).mean()), gamma)
+        return gamma
+
+    exp.method.align_weights = spy
+    results = exp.run()
+    assert len(norms) == 2  # tasks 2 and 3
+    for old_mean, new_mean, gamma in norms.values():
+        assert new_mean == pytest.approx(old_mean, rel=1e-5) and gamma != 1.0
+    assert (exp.method.model.head.weight >= 0).all()
+    assert results["weight_aligning"][0] == 1.0 and len(results["weight_aligning"]) == 3
