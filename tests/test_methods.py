@@ -333,3 +333,30 @@ def test_wa_aligns_the_new_rows_to_the_old_rows_mean_norm(tmp_path):
         assert new_mean == pytest.approx(old_mean, rel=1e-5) and gamma != 1.0
     assert (exp.method.model.head.weight >= 0).all()
     assert results["weight_aligning"][0] == 1.0 and len(results["weight_aligning"]) == 3
+
+
+def test_der_freezes_old_extractors_and_grows_one_per_task(tmp_path):
+    # Yan et al. 2021: a new extractor per task, the old ones (BatchNorm included) unchanged by later tasks
+    exp = Experiment(tiny_config("method.name=der"), tmp_path)
+    widths, unchanged = [], []
+    original = exp.method.end_task
+
+    def end_task(task, ctx):
+        widths.append(exp.method.model.num_features)
+        original(task, ctx)
+
+    def begin_capture(task, ctx):
+        snapshot[task.index] = [{k: v.clone() for k, v in b.state_dict().items()} for b in exp.method.model.backbones]
+        begin(task, ctx)
+
+    snapshot, begin = {}, exp.method.begin_task
+    exp.method.begin_task, exp.method.end_task = begin_capture, end_task
+    results = exp.run()
+    d = exp.method.model.backbones[0].num_features
+    assert widths == [d, 2 * d, 3 * d]
+    for t in (1, 2):  # every extractor that existed before task t is bit-for-bit the same after it
+        for before, backbone in zip(snapshot[t], exp.method.model.backbones):
+            unchanged.append(all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items()))
+    assert all(unchanged)
+    params = results["parameters"]
+    assert len(params) == 3 and params[0] < params[1] < params[2]

@@ -40,6 +40,7 @@ _ALL = (
     Recipe("pycil", "bic", "bic_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"},
            epoch_keys=("train.epochs", "train.first_task.epochs", "method.bias_epochs")),
     Recipe("pycil", "wa", "wa_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
+    Recipe("pycil", "der", "der_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
     Recipe("avalanche", "naive", "finetune_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "lwf", "lwf_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "icarl", "icarl_resnet32_cifar100_b0inc10_avalanche", {"nme": "nme"}),
