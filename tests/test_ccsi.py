@@ -19,7 +19,8 @@ from ltcil.heads.cosine import CosineLinear
 from ltcil.impressions import ImpressionConfig, learning_rate, synthesize
 from ltcil.layers.continual_norm import ContinualNorm, convert_norm
 from ltcil.methods.base import IncrementalNet
-from ltcil.losses.ccsi import class_centroids, class_weights, idc_loss, margin_ranking
+from ltcil.losses.ccsi import class_centroids, class_weights, idc_loss
+from ltcil.losses.margin import margin_ranking
 from ltcil.methods.ccsi import CCSI
 from ltcil.reporting.png import image_grid, write_png
 

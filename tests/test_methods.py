@@ -360,3 +360,30 @@ def test_der_freezes_old_extractors_and_grows_one_per_task(tmp_path):
     assert all(unchanged)
     params = results["parameters"]
     assert len(params) == 3 and params[0] < params[1] < params[2]
+
+
+def test_lucir_losses_by_hand(tmp_path):
+    # Hou et al. 2019: CE on sigma * cos, less-forget 1 - cos(f, f_old) weighted 5 sqrt(old / new) (Eq. 6-7),
+    # margin ranking on old-class samples over the K = 2 hardest new-class cosines, margin 0.5 (Eq. 8)
+    method = _after_tasks(tmp_path, "method.name=lucir", "backbone.last_relu=false")
+    method.model.head.frozen = method.old_classes
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 4, 5, 3])
+    with torch.no_grad():
+        losses = method.training_step(x, y)
+        head = method.model.head
+        f, f_old = method.model.forward_features(x), method.teacher.forward_features(x)
+        cos = torch.nn.functional.normalize(f, dim=1) @ torch.nn.functional.normalize(head.weight, dim=1).T
+        ce = torch.nn.functional.cross_entropy(head.sigma * cos, y)
+        lf = (1 - torch.nn.functional.cosine_similarity(f, f_old, dim=1)).mean()
+        old = y < 4
+        own = cos[old].gather(1, y[old].unsqueeze(1))
+        hardest = cos[old][:, 4:].topk(2, dim=1).values
+        margin = torch.clamp(0.5 - own + hardest, min=0).mean()
+    lam = 5.0 * (4 / 2) ** 0.5
+    assert losses["margin"].item() == pytest.approx(margin.item(), abs=1e-6)
+    assert losses["loss"].item() == pytest.approx((ce + lam * lf + margin).item(), rel=1e-5)
+    # the old rows pass no gradient; imprinted new rows point at their class's mean feature
+    method.model.train()
+    method.model.zero_grad()
+    method.training_step(x, y)["loss"].backward()
+    assert torch.equal(head.weight.grad[:4], torch.zeros_like(head.weight.grad[:4]))

@@ -1,5 +1,5 @@
 """Losses of CCSI (Ayromlou et al.): class-frequency weights over real images and impressions, the intra-domain
-contrastive (IdC) loss between class centroids, and LUCIR's margin ranking (Hou et al. 2019, Eq. 8)."""
+contrastive (IdC) loss between class centroids (LUCIR's margin ranking, which CCSI uses too, is in margin.py)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,3 @@ def idc_loss(source: torch.Tensor, target: torch.Tensor, temperature: float) -> 
     sim = F.normalize(target, dim=1) @ F.normalize(source, dim=1).T / temperature
     return -(torch.logsumexp(sim.diagonal(), 0) - torch.logsumexp(sim.flatten(), 0))
 
-
-def margin_ranking(cos: torch.Tensor, y: torch.Tensor, old_classes: int, margin: float, top_k: int) -> torch.Tensor:
-    """LUCIR's margin ranking (Hou et al. 2019, Eq. 8) on old-class samples: mean over the top-K new-class
-    cosines of max(0, m - cos_y + cos_k)."""
-    own = cos.gather(1, y.unsqueeze(1))
-    new = cos[:, old_classes:]
-    hardest = new.topk(min(top_k, new.shape[1]), dim=1).values
-    return F.relu(margin - own + hardest).mean()

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
 from ..impressions import ImpressionConfig, synthesize
-from ..losses.ccsi import class_centroids, class_weights, idc_loss, margin_ranking
+from ..losses.ccsi import class_centroids, class_weights, idc_loss
+from ..losses.margin import margin_ranking
 from ..registry import register_method
 from .base import IncrementalNet
 from .distillation_base import TeacherMethod
