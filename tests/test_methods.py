@@ -387,3 +387,26 @@ def test_lucir_losses_by_hand(tmp_path):
     method.model.zero_grad()
     method.training_step(x, y)["loss"].backward()
     assert torch.equal(head.weight.grad[:4], torch.zeros_like(head.weight.grad[:4]))
+
+
+def test_eeil_fine_tunes_on_a_class_balanced_subset(tmp_path):
+    # Castro et al. 2018, Sec. 3.4: the exemplars and as many images of each new class as an old class keeps
+    exp = Experiment(tiny_config("method.name=eeil", "method.finetune_epochs=2", "memory.size=12"), tmp_path)
+    seen = {}
+    original = exp.method.balanced_finetuning
+
+    def spy(task, ctx):
+        real_fit = ctx.fit
+
+        def fit(step, params, indices, *a, **k):
+            labels = ctx.data.labels["train"][torch.as_tensor(indices)]
+            seen[task.index] = torch.bincount(labels).tolist()
+            return real_fit(step, params, indices, *a, **k)
+
+        ctx.fit = fit
+        original(task, ctx)
+
+    exp.method.balanced_finetuning = spy
+    results = exp.run()
+    assert seen == {1: [6, 6, 6, 6], 2: [3, 3, 3, 3, 3, 3]}  # 12 exemplars: 6 per old class, then 3
+    assert len(results["accuracy"]) == 3
