@@ -159,6 +159,18 @@ class TwoStageConfig:
 
 
 @dataclass
+class GVAlignConfig:
+    """Classifier alignment on pseudo-features from class prototypes and one global covariance (plugins/gvalign.py,
+    after Kalla & Biswas 2024), after every task, for any method with a linear or cosine head and a memory."""
+    enabled: bool = False
+    samples_per_class: int = 256  # pseudo-features drawn per seen class
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 256
+    shrinkage: float = 0.1  # of the pooled covariance towards its mean variance (tail classes: few exemplars)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
@@ -169,6 +181,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     two_stage: TwoStageConfig = field(default_factory=TwoStageConfig)
+    gvalign: GVAlignConfig = field(default_factory=GVAlignConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -206,6 +219,7 @@ _NON_NEGATIVE = {
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
+             "gvalign.samples_per_class", "gvalign.epochs", "gvalign.lr", "gvalign.batch_size",
              "data.num_classes", "data.images_per_class", "two_stage.epochs"}
 
 
@@ -318,6 +332,8 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             f"{where}scenario.imbalance_factor: {cfg.scenario.imbalance_factor!r} must be >= 1 "
             "(1 = balanced, 100 = CIFAR-100-LT)."
         )
+    if not 0 <= cfg.gvalign.shrinkage <= 1:
+        raise ConfigError(f"{where}gvalign.shrinkage: {cfg.gvalign.shrinkage!r} must be in [0, 1].")
     if not 0 <= cfg.scenario.val_fraction < 1:
         raise ConfigError(f"{where}scenario.val_fraction: {cfg.scenario.val_fraction!r} must be in [0, 1).")
     inc = cfg.scenario.increment

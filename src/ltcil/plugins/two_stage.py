@@ -27,19 +27,19 @@ from .base import Plugin
 CLASSIFIER = "two_stage"
 
 
-def check_method(method, method_name: str) -> None:
-    """The stage needs a linear or cosine head, and exemplars: on the new classes' images alone the balanced
-    loss would only push the old classes' scales down."""
+def check_method(method, method_name: str, key: str = "two_stage.enabled") -> None:
+    """A classifier stage needs a linear or cosine head, and exemplars: on the new classes' images alone it would
+    only push the old classes down."""
     head = method.model.head
     if not isinstance(head, IncrementalLinear):
-        raise ConfigError(f"two_stage.enabled: method {method_name!r} classifies with a {type(head).__name__}; the "
-                          "second stage fine-tunes a linear or cosine head (icarl, bic, replay, ldam_drw, "
+        raise ConfigError(f"{key}: method {method_name!r} classifies with a {type(head).__name__}; the stage "
+                          "re-trains a linear or cosine head (icarl, bic, wa, lucir, eeil, der, replay, ldam_drw, "
                           "balanced_softmax, finetune or joint with a memory).")
     memory = getattr(method, "memory", None)
     if memory is None or not memory.enabled:
-        raise ConfigError(f"two_stage.enabled: method {method_name!r} keeps no exemplars here; the second stage "
-                          "balances old and new classes on the task's data plus the memory. Set memory.size or "
-                          "memory.per_class (LwF and CCSI never store exemplars).")
+        raise ConfigError(f"{key}: method {method_name!r} keeps no exemplars here; the stage balances old and new "
+                          "classes with the memory. Set memory.size or memory.per_class (LwF and CCSI never "
+                          "store exemplars).")
 
 
 class TwoStage(Plugin):
