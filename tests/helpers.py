@@ -14,6 +14,7 @@ TINY = [
 METHOD_OVERRIDES = {
     "bic": ["method.bias_epochs=2"],
     "eeil": ["method.finetune_epochs=2"],
+    "podnet": ["backbone.name=resnet20", "method.proxies=2", "method.finetune_epochs=1"],
     "lucir": ["backbone.last_relu=false", "method.cbf_epochs=2"],
     "ccsi": ["memory.size=0", "scenario.val_fraction=0.2", "method.synth_per_class=4", "method.synth_batch_size=4",
              "method.synth_iterations=3", "method.synth_warmup=1", "method.synth_jitter=1"],

@@ -410,3 +410,40 @@ def test_eeil_fine_tunes_on_a_class_balanced_subset(tmp_path):
     results = exp.run()
     assert seen == {1: [6, 6, 6, 6], 2: [3, 3, 3, 3, 3, 3]}  # 12 exemplars: 6 per old class, then 3
     assert len(results["accuracy"]) == 3
+
+
+def test_pod_spatial_is_zero_on_equal_maps_and_by_hand_on_a_2x2_map():
+    # Douillard et al. 2020, Eq. 2-3: width- and height-pooled (squared) maps, normalised, L2 distance
+    from ltcil.methods.podnet import pod_spatial
+
+    maps = [torch.randn(3, 4, 2, 2), torch.randn(3, 8, 2, 2)]
+    assert pod_spatial(maps, [m.clone() for m in maps]).item() == pytest.approx(0.0, abs=1e-7)
+    a = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])  # one image, one channel
+    b = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+
+    def pooled(m):
+        sq = m[0, 0] ** 2
+        v = torch.cat([sq.sum(0), sq.sum(1)])  # over height (per column), then over width (per row)
+        return v / v.norm()
+
+    expected = (pooled(a) - pooled(b)).norm()
+    assert pod_spatial([a], [b]).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_lsc_and_nca_by_hand():
+    # Eq. 5-6: class similarity = softmax-weighted mean of its proxies' cosines; Eq. 7: hinge NCA with margin
+    from ltcil.heads.lsc import LSCHead
+    from ltcil.methods.podnet import nca_loss
+
+    head = LSCHead(3, proxies=2, num_classes=2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 0]]))
+    x = torch.tensor([[1.0, 0.0, 0.0]])
+    s = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2 ** -0.5])
+    expected = [float((torch.softmax(v, 0) * v).sum()) for v in s]
+    sims = head.class_similarities(x)
+    assert sims[0].tolist() == pytest.approx(expected, abs=1e-6) and head.num_classes == 2
+    eta, delta = torch.tensor(4.0), 0.6
+    loss = nca_loss(sims, torch.tensor([0]), eta, delta)
+    manual = max(0.0, -(eta.item() * (expected[0] - delta) - eta.item() * expected[1]))
+    assert loss.item() == pytest.approx(manual, abs=1e-6)

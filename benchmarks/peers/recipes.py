@@ -41,6 +41,7 @@ _ALL = (
            epoch_keys=("train.epochs", "train.first_task.epochs", "method.bias_epochs")),
     Recipe("pycil", "wa", "wa_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
     Recipe("pycil", "der", "der_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
+    Recipe("pycil", "podnet", "podnet_resnet32_cifar100_b0inc10_pycil", {"nme": "nme", "cnn": "linear"}),
     Recipe("avalanche", "naive", "finetune_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "lwf", "lwf_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "icarl", "icarl_resnet32_cifar100_b0inc10_avalanche", {"nme": "nme"}),

@@ -182,6 +182,15 @@ class ResNet(nn.Module):
         x = self.stages(self.stem(x))
         return torch.flatten(self.pool(x), 1)
 
+    def forward_maps(self, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """Every stage's output map and the pooled features (PODNet distils the maps)."""
+        maps = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps, torch.flatten(self.pool(x), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
 

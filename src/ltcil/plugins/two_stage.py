@@ -35,6 +35,9 @@ def check_method(method, method_name: str, key: str = "two_stage.enabled") -> No
         raise ConfigError(f"{key}: method {method_name!r} classifies with a {type(head).__name__}; the stage "
                           "re-trains a linear or cosine head (icarl, bic, wa, lucir, eeil, der, replay, ldam_drw, "
                           "balanced_softmax, finetune or joint with a memory).")
+    if getattr(head, "proxies", 1) != 1:
+        raise ConfigError(f"{key}: method {method_name!r} has {head.proxies} proxies per class (PODNet's LSC); the "
+                          "stage re-trains one row per class: set method.proxies=1 (a cosine classifier).")
     memory = getattr(method, "memory", None)
     if memory is None or not memory.enabled:
         raise ConfigError(f"{key}: method {method_name!r} keeps no exemplars here; the stage balances old and new "
