@@ -103,35 +103,37 @@ def timed(cmd: list[str], log: Path) -> float:
     return wall
 
 
+def stored_or_run(args, who: str, what: str, stored: Path, cmd: list[str], log: Path, make_record):
+    """The record stored at `stored`; without one (or with --rerun) run `cmd` first and store
+    make_record(wall seconds). None on a dry run."""
+    if args.rerun or not stored.exists():
+        print(f"[{who}] {what}: {' '.join(cmd)}", flush=True)
+        if args.dry_run:
+            return None
+        wall = timed(cmd, log)
+        stored.write_text(json.dumps(make_record(wall)))
+    return recipes.read_json(stored)
+
+
 def run_one(args, rec: recipes.Recipe, seed: int) -> list[dict]:
     """The peer's and ltcil's records for one (method, seed), running what is not stored yet."""
     out = args.out
     tag = f"{rec.method}_s{seed}_e{args.epochs}_t{args.tasks}" + ("_ms" if args.milestones == "scaled" else "")
+    what = f"{rec.method} seed {seed}"
     records = []
     if args.only in ("both", "peer"):
-        stored = out / f"{args.peer}_{tag}.record.json"
-        if args.rerun or not stored.exists():
-            raw_path = out / f"{args.peer}_{tag}.json"
-            cmd = peer_command(args, rec, seed, raw_path)
-            print(f"[{args.peer}] {rec.method} seed {seed}: {' '.join(cmd)}", flush=True)
-            if not args.dry_run:
-                wall = timed(cmd, out / f"{args.peer}_{tag}.log")
-                stored.write_text(json.dumps(recipes.peer_record(recipes.read_json(raw_path), rec, wall)))
-        if stored.exists():
-            records.append(recipes.read_json(stored))
+        raw_path = out / f"{args.peer}_{tag}.json"
+        records.append(stored_or_run(
+            args, args.peer, what, out / f"{args.peer}_{tag}.record.json", peer_command(args, rec, seed, raw_path),
+            out / f"{args.peer}_{tag}.log",
+            lambda wall: recipes.peer_record(recipes.read_json(raw_path), rec, wall)))
     if args.only in ("both", "ltcil"):
-        stored = out / f"ltcil_{args.peer}_{tag}.record.json"
-        if args.rerun or not stored.exists():
-            run_dir = out / f"ltcil_{args.peer}_{tag}"
-            cmd = ltcil_command(args, rec, seed, run_dir)
-            print(f"[ltcil] {rec.method} seed {seed}: {' '.join(cmd)}", flush=True)
-            if not args.dry_run:
-                wall = timed(cmd, out / f"ltcil_{args.peer}_{tag}.log")
-                results = recipes.read_json(run_dir / "results.json")
-                stored.write_text(json.dumps(recipes.ltcil_record(results, rec, seed, wall)))
-        if stored.exists():
-            records.append(recipes.read_json(stored))
-    return records
+        run_dir = out / f"ltcil_{args.peer}_{tag}"
+        records.append(stored_or_run(
+            args, "ltcil", what, out / f"ltcil_{args.peer}_{tag}.record.json",
+            ltcil_command(args, rec, seed, run_dir), out / f"ltcil_{args.peer}_{tag}.log",
+            lambda wall: recipes.ltcil_record(recipes.read_json(run_dir / "results.json"), rec, seed, wall)))
+    return [r for r in records if r is not None]
 
 
 def main(argv=None) -> None:

@@ -89,3 +89,14 @@ class IncrementalLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}"
+
+
+@torch.no_grad()
+def align_new_rows(head: IncrementalLinear, old_classes: int) -> float:
+    """Weight aligning (Zhao et al., CVPR 2020, Eq. 6-7): the rows from `old_classes` on are rescaled by
+    gamma = mean ||w_old|| / mean ||w_new||, so old and new classes' weight norms match; biases stay. Returns
+    gamma."""
+    norms = head.weight.norm(dim=1)
+    gamma = float(norms[:old_classes].mean() / norms[old_classes:].mean().clamp_min(1e-12))
+    head.weight[old_classes:] *= gamma
+    return gamma

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..heads.linear import IncrementalLinear
+from ..heads.linear import IncrementalLinear, align_new_rows
 from ..registry import register_method
 from .exemplar_base import ReplayMethod
 
@@ -114,13 +114,9 @@ class DER(ReplayMethod):
         aux = F.cross_entropy(self.model.aux(features[-1]), aux_y)
         return {"loss": ce + self.options.aux_weight * aux, "ce": ce, "aux": aux}
 
-    @torch.no_grad()
     def align_weights(self) -> float:
-        weight = self.model.head.weight
-        norms = weight.norm(dim=1)
-        gamma = float(norms[: self.old_classes].mean() / norms[self.old_classes:].mean().clamp_min(1e-12))
-        weight[self.old_classes:] *= gamma
-        return gamma
+        """Eq. 6-7 of WA: the new rows rescaled to the old rows' mean norm."""
+        return align_new_rows(self.model.head, self.old_classes)
 
     def end_task(self, task, ctx):
         gamma = self.align_weights() if self.options.align and task.index > 0 else 1.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..heads.linear import IncrementalLinear
+from ..heads.linear import IncrementalLinear, align_new_rows
 from ..losses.distillation import kd_loss
 from ..registry import register_method
 from .distillation_base import TeacherMethod
@@ -57,14 +57,9 @@ class WA(TeacherMethod):
         kd = kd_loss(logits[:, : self.old_classes], self.teacher_logits(x), self.options.T)
         return {"loss": (1 - lam) * ce + lam * kd, "ce": ce, "kd": kd}
 
-    @torch.no_grad()
     def align_weights(self) -> float:
-        """Eq. 6-7: gamma = mean ||w_old|| / mean ||w_new||; w_new <- gamma * w_new (biases unchanged)."""
-        weight = self.model.head.weight
-        norms = weight.norm(dim=1)
-        gamma = float(norms[: self.old_classes].mean() / norms[self.old_classes:].mean().clamp_min(1e-12))
-        weight[self.old_classes:] *= gamma
-        return gamma
+        """Eq. 6-7 of WA: the new rows rescaled to the old rows' mean norm."""
+        return align_new_rows(self.model.head, self.old_classes)
 
     def end_task(self, task, ctx):
         self._clip()
