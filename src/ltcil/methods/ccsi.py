@@ -27,7 +27,6 @@ Differences from the released code, following the paper's intent:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
 from ..impressions import ImpressionConfig, synthesize
 from ..losses.ccsi import class_centroids, class_weights, idc_loss
-from ..losses.margin import margin_ranking
+from ..losses.margin import lucir_regularisers
 from ..registry import register_method
 from .base import IncrementalNet
 from .distillation_base import TeacherMethod
@@ -235,14 +234,13 @@ class CCSI(TeacherMethod):
         if self.teacher is not None:
             with torch.no_grad():
                 old_feats = self.teacher.forward_features(x)
-            new_classes = self.model.num_classes - self.old_classes
-            weight = o.lamda * math.sqrt(self.old_classes / max(1, new_classes))
-            losses["distill"] = (1 - F.cosine_similarity(feats, old_feats, dim=1)).mean()
-            loss = loss + weight * losses["distill"]
-            old_rows = y < self.old_classes
-            if old_rows.any():
-                losses["margin"] = margin_ranking(cos[old_rows], y[old_rows], self.old_classes, o.margin, o.top_k)
-                loss = loss + o.margin_weight * losses["margin"]
+            extra, losses["distill"], ranking = lucir_regularisers(
+                feats, old_feats, cos, y, self.old_classes,
+                lambda_base=o.lamda, margin=o.margin, top_k=o.top_k, margin_weight=o.margin_weight,
+            )
+            loss = loss + extra
+            if ranking is not None:
+                losses["margin"] = ranking
         if o.idc > 0 and self.teacher is not None:  # the first task trains on weighted CE only (release)
             losses["idc"] = self._idc_loss(cos, y, ctx)
             loss = loss + o.idc * losses["idc"]

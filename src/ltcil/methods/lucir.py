@@ -7,7 +7,6 @@ exemplars are reported."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, LtcilWarning
 from ..heads.cosine import CosineLinear
-from ..losses.margin import margin_ranking
+from ..losses.margin import lucir_regularisers
 from ..registry import register_method
 from .base import IncrementalNet
 from .icarl import ICaRL
@@ -72,14 +71,13 @@ class LUCIR(ICaRL):
         if self.teacher is not None:
             with torch.no_grad():
                 old_feats = self.teacher.forward_features(x)
-            new_classes = self.model.num_classes - self.old_classes
-            lam = o.lambda_base * math.sqrt(self.old_classes / max(1, new_classes))  # Eq. 7
-            losses["less_forget"] = (1 - F.cosine_similarity(feats, old_feats, dim=1)).mean()  # Eq. 6
-            loss = loss + lam * losses["less_forget"]
-            old_rows = y < self.old_classes
-            if old_rows.any():  # Eq. 8 on the exemplars of old classes
-                losses["margin"] = margin_ranking(cos[old_rows], y[old_rows], self.old_classes, o.margin, o.top_k)
-                loss = loss + o.margin_weight * losses["margin"]
+            extra, losses["less_forget"], ranking = lucir_regularisers(  # Eqs. 6-8
+                feats, old_feats, cos, y, self.old_classes,
+                lambda_base=o.lambda_base, margin=o.margin, top_k=o.top_k, margin_weight=o.margin_weight,
+            )
+            loss = loss + extra
+            if ranking is not None:
+                losses["margin"] = ranking
         losses["loss"] = loss
         return losses
 
