@@ -1,5 +1,6 @@
 """Tiny experiments on generated data for method and engine tests."""
 
+from ltcil import registry
 from ltcil.config import load_config
 from ltcil.engine.runner import Experiment
 
@@ -20,6 +21,13 @@ METHOD_OVERRIDES = {
              "method.synth_iterations=3", "method.synth_warmup=1", "method.synth_jitter=1"],
     "sbcl": ["method.linear_epochs=3", "method.warmup_epochs=0", "method.recluster_every=1", "method.delta=4"],
 }
+
+
+def shipped_methods() -> list[str]:
+    """The methods ltcil ships, without any a test module registered in this process (collection order
+    must not change which methods a test runs)."""
+    return [name for name in registry.available("method")
+            if registry.get("method", name).__module__.startswith("ltcil.")]
 
 
 def tiny_config(*overrides):

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import METHOD_OVERRIDES, TINY, run_tiny
+from helpers import METHOD_OVERRIDES, TINY, run_tiny, shipped_methods
 
-from ltcil import registry
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="this torch build has no gloo backend for torch.distributed")
@@ -23,8 +22,16 @@ WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 # GroupNorm instead of BatchNorm: no batch statistics, so splitting a batch over ranks changes no number
 NORM = "backbone.norm=gn"
 # methods whose loss couples the images of a batch, so a shard's loss is not a slice of the batch's: SBCL's
-# contrastive pairs, proto_lt's Sample Mix pairs, CCSI's impressions mixed into each shard
-BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi"}
+# contrastive pairs, proto_lt's Sample Mix pairs, CCSI's impressions mixed into each shard, LUCIR's margin
+# ranking (a mean over the batch's old-class images, whose count differs between shards)
+BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi", "lucir"}
+# torchrun skips a trailing batch too small to give each rank two images (BatchNorm), one process trains on
+# it: with 12 exemplars the third task's balanced fine-tuning set (18 images) ends in such a batch of 2
+DDP_OVERRIDES = {"eeil": ["memory.size=16"]}
+# PODNet needs a ResNet (POD-spatial pools its stages); 20 layers amplify the fp32 summation-order difference of
+# sharded gradients to ~1e-4 by the third task (iCaRL on the same ResNet-20 drifts 5e-4), the 4-layer convnet
+# of the other tiny runs stays below 1e-5
+WEIGHT_TOLERANCE = {"podnet": 1e-3}
 
 
 def torchrun(*args, **kwargs):
@@ -38,8 +45,8 @@ def final_weights(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_result_for_every_method(tmp_path):
-    runs = {name: [f"method.name={name}", NORM, *METHOD_OVERRIDES.get(name, [])]
-            for name in registry.available("method")}
+    runs = {name: [f"method.name={name}", NORM, *METHOD_OVERRIDES.get(name, []), *DDP_OVERRIDES.get(name, [])]
+            for name in shipped_methods()}
     proc = torchrun(str(WORKER), str(tmp_path / "ddp"), json.dumps(runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
     gaps = json.loads((tmp_path / "ddp" / "drift.json").read_text())
@@ -53,7 +60,8 @@ def test_two_processes_give_the_single_process_result_for_every_method(tmp_path)
         assert ddp["accuracy"] == pytest.approx(single["accuracy"], abs=1e-6), name
         assert ddp["processes"] == 2 and single["processes"] == 1
         a, b = final_weights(tmp_path / "single" / name), final_weights(tmp_path / "ddp" / name)
-        assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-5, name
+        gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        assert gap < WEIGHT_TOLERANCE.get(name, 1e-5), (name, gap)
 
 
 def _descendants(pid: int) -> list[int]:

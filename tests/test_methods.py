@@ -6,15 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import METHOD_OVERRIDES, run_tiny, tiny_config
+from helpers import METHOD_OVERRIDES, run_tiny, shipped_methods, tiny_config
 
-from ltcil import registry
 from ltcil.engine.runner import Experiment
 from ltcil.heads.bias import TaskBiasCorrection
 from ltcil.losses.distillation import kd_loss
 
 
-@pytest.mark.parametrize("name", registry.available("method"))
+@pytest.mark.parametrize("name", shipped_methods())
 def test_method_runs_three_tasks_and_writes_results(name, tmp_path):
     from ltcil.reporting.results import check_schema
 
@@ -28,7 +27,7 @@ def test_method_runs_three_tasks_and_writes_results(name, tmp_path):
     assert len(list((tmp_path / "checkpoints").glob("task_*.pt"))) == 3
 
 
-@pytest.mark.parametrize("name", registry.available("method"))
+@pytest.mark.parametrize("name", shipped_methods())
 def test_resume_between_tasks_gives_identical_results(name, tmp_path):
     extra = [f"method.name={name}", *METHOD_OVERRIDES.get(name, [])]
     full = run_tiny(tmp_path / "full", *extra)

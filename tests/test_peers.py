@@ -121,8 +121,8 @@ def test_seed_list():
 
 def test_harness_arguments_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        harness.parse_args(["--peer", "pycil", "--methods", "podnet", "--out", str(tmp_path)])
-    assert "no pycil recipe for 'podnet'" in capsys.readouterr().err
+        harness.parse_args(["--peer", "pycil", "--methods", "proto_lt", "--out", str(tmp_path)])
+    assert "no pycil recipe for 'proto_lt'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         harness.parse_args(["--peer", "avalanche", "--out", str(tmp_path)])
     assert "--peer-python" in capsys.readouterr().err

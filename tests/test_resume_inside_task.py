@@ -11,9 +11,8 @@ import time
 
 import pytest
 import torch
-from helpers import METHOD_OVERRIDES, TINY, tiny_config
+from helpers import METHOD_OVERRIDES, TINY, shipped_methods, tiny_config
 
-from ltcil import registry
 from ltcil.engine.checkpoint import partial_path
 from ltcil.engine.runner import Experiment
 
@@ -40,7 +39,7 @@ def stop_at(experiment, call: int):
     experiment.method.begin_epoch = begin_epoch
 
 
-@pytest.mark.parametrize("name", registry.available("method"))
+@pytest.mark.parametrize("name", shipped_methods())
 def test_stopped_inside_a_task_resumes_there_and_matches(tmp_path, name):
     overrides = [f"method.name={name}", f"train.epochs={EPOCHS}", TWO_TASKS, EVERY_EPOCH,
                  *METHOD_OVERRIDES.get(name, [])]
