@@ -444,5 +444,26 @@ def test_lsc_and_nca_by_hand():
     assert sims[0].tolist() == pytest.approx(expected, abs=1e-6) and head.num_classes == 2
     eta, delta = torch.tensor(4.0), 0.6
     loss = nca_loss(sims, torch.tensor([0]), eta, delta)
-    manual = max(0.0, -(eta.item() * (expected[0] - delta) - eta.item() * expected[1]))
+    manual = max(0.0, -(eta.item() * expected[0] - delta - eta.item() * expected[1]))  # margin after the scale
     assert loss.item() == pytest.approx(manual, abs=1e-6)
+
+
+def test_lsc_learned_scale_grows_while_the_classes_separate():
+    # the margin sits outside the learned eta (released code): with it inside, d loss / d eta > 0 until the
+    # classes are delta apart in cosine, eta went negative and the LSC inverted (25.6% on digits, NME 95%)
+    from ltcil.heads.lsc import LSCHead
+    from ltcil.methods.podnet import nca_loss
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(2, 16, generator=gen)
+    y = torch.arange(2).repeat_interleave(32)
+    x = centres[y] + 0.8 * torch.randn(64, 16, generator=gen)
+    head = LSCHead(16, proxies=3, num_classes=2)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    for _ in range(150):
+        loss = nca_loss(head.class_similarities(x), y, head.sigma, margin=0.6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(head.sigma) > 1.0  # grew from its initial 1
+    assert (head(x).argmax(1) == y).float().mean() == 1.0
