@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ltcil.config import ScenarioConfig
-from ltcil.errors import ConfigError
+from ltcil.errors import ConfigError, DataError, LtcilWarning
 from ltcil.scenarios import ICARL_CIFAR100_ORDER, build_scenario, class_order, task_sizes
 from ltcil.scenarios.longtail import exponential_profile, step_profile
 
@@ -125,3 +125,12 @@ def test_subset_order_leaves_other_classes_out():
     assert [t.original_classes for t in sc.tasks] == [[3], [1]]
     assert (sc.label_maps["train"][labels == 0] == -1).all()
     assert set(sc.tasks[1].test_indices.tolist()) == set(np.flatnonzero(labels == 1).tolist())
+
+
+def test_a_class_without_test_images_is_warned_and_an_empty_test_split_refused():
+    train = balanced_labels(4, 6)
+    test = np.repeat([0, 1, 2], 3)  # class 3 has no test image
+    with pytest.warns(LtcilWarning, match=r"1 class\(es\) have no test image \(class 3\)"):
+        build_scenario(ScenarioConfig(increment=2), train, test, 4)
+    with pytest.raises(DataError, match="the test split holds no image of the scenario's classes"):
+        build_scenario(ScenarioConfig(increment=2), train, np.zeros(0, dtype=np.int64), 4)
