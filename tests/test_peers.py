@@ -162,3 +162,24 @@ def test_stored_records_are_reused(tmp_path, capsys):
     (summary,) = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
     assert summary["gap"] == pytest.approx(0.5) and summary["agrees"] and summary["time_ratio"] == pytest.approx(0.4)
     assert len((out / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_shared_start_maps_a_peer_state_by_position_kind_and_shape():
+    import torch
+
+    import shared_start
+
+    ours = {"backbone.stem.0.weight": torch.zeros(4, 3, 3, 3), "backbone.stem.1.running_mean": torch.zeros(4),
+            "head.weight": torch.zeros(10, 4), "head.bias": torch.zeros(10)}
+    peer = {"convnet.conv_1_3x3.weight": torch.ones(4, 3, 3, 3), "convnet.bn_1.running_mean": torch.full((4,), 2.0),
+            "fc.weight": torch.full((10, 4), 3.0), "fc.bias": torch.full((10,), 4.0)}
+    mapped = shared_start.map_state(peer, ours)
+    assert list(mapped) == list(ours)
+    assert [float(v.flatten()[0]) for v in mapped.values()] == [1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(SystemExit, match="entry mismatch: peer fc.weight"):
+        shared_start.map_state({**peer, "fc.weight": torch.zeros(10, 5)}, ours)
+    swapped = dict(reversed(list(peer.items())))
+    with pytest.raises(SystemExit, match="entry mismatch"):
+        shared_start.map_state(swapped, ours)
+    with pytest.raises(SystemExit, match="not the same network"):
+        shared_start.map_state(dict(list(peer.items())[:3]), ours)

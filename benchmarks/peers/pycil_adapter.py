@@ -18,6 +18,8 @@ Adaptations, all applied in memory to the imported modules (nothing in the check
   has 2 cores and training threads need them).
 - tasks: the run stops after --tasks tasks (DataManager.nb_tasks).
 - results: each task's CNN and NME top-1 (PyCIL's own eval_task) and the time since the start are recorded.
+- --save-models DIR: the network's state_dict after each task, DIR/task_NNN.pt (CPU tensors), so ltcil can
+  continue from PyCIL's model (shared_start.py).
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ def main() -> None:
     p.add_argument("--init-milestones", type=int, nargs="*", default=None, help="first task's lr milestones")
     p.add_argument("--milestones", type=int, nargs="*", default=None, help="later tasks' lr milestones")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--save-models", type=Path, default=None, help="write the network after each task here")
     args = p.parse_args()
 
     pycil = args.pycil.resolve()
     archive = (args.data / "cifar-100-python.tar.gz").resolve()
     out_path = args.out.resolve()
+    models_dir = args.save_models.resolve() if args.save_models else None
     work = out_path.parent / (out_path.stem + "_work")  # PyCIL writes logs/ into the working folder
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
@@ -131,6 +135,10 @@ def main() -> None:
         tasks.append({"task": len(tasks), "cnn": float(cnn["top1"]),
                       "nme": None if nme is None else float(nme["top1"]),
                       "seconds": time.perf_counter() - START})
+        if models_dir is not None:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu() for k, v in self._network.state_dict().items()}
+            torch.save(state, models_dir / f"task_{len(tasks) - 1:03d}.pt")
         return cnn, nme
 
     pycil_base.BaseLearner.eval_task = recording_eval_task
