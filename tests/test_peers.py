@@ -172,6 +172,7 @@ def test_shared_start_maps_a_peer_state_by_position_kind_and_shape():
     ours = {"backbone.stem.0.weight": torch.zeros(4, 3, 3, 3), "backbone.stem.1.running_mean": torch.zeros(4),
             "head.weight": torch.zeros(10, 4), "head.bias": torch.zeros(10)}
     peer = {"convnet.conv_1_3x3.weight": torch.ones(4, 3, 3, 3), "convnet.bn_1.running_mean": torch.full((4,), 2.0),
+            "convnet.fc.weight": torch.zeros(100, 4),  # PyCIL's unused standalone classifier: skipped
             "fc.weight": torch.full((10, 4), 3.0), "fc.bias": torch.full((10,), 4.0)}
     mapped = shared_start.map_state(peer, ours)
     assert list(mapped) == list(ours)
@@ -182,4 +183,4 @@ def test_shared_start_maps_a_peer_state_by_position_kind_and_shape():
     with pytest.raises(SystemExit, match="entry mismatch"):
         shared_start.map_state(swapped, ours)
     with pytest.raises(SystemExit, match="not the same network"):
-        shared_start.map_state(dict(list(peer.items())[:3]), ours)
+        shared_start.map_state(dict(list(peer.items())[:4]), ours)

@@ -30,8 +30,14 @@ def kind(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
+# PyCIL's resnet32 keeps the classifier of its standalone form, which IncrementalNet never calls (it reads the
+# features and applies its own `fc`)
+PEER_UNUSED = ("convnet.fc.",)
+
+
 def map_state(peer: dict, ours: dict) -> dict:
     """`ours` with every tensor replaced by the peer's tensor in the same position (same kind, same shape)."""
+    peer = {k: v for k, v in peer.items() if not k.startswith(PEER_UNUSED)}
     if len(peer) != len(ours):
         raise SystemExit(f"the peer model has {len(peer)} entries, ltcil's {len(ours)}: not the same network")
     out = {}
