@@ -28,10 +28,12 @@ BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi", "lucir"}
 # torchrun skips a trailing batch too small to give each rank two images (BatchNorm), one process trains on
 # it: with 12 exemplars the third task's balanced fine-tuning set (18 images) ends in such a batch of 2
 DDP_OVERRIDES = {"eeil": ["memory.size=16"]}
-# PODNet needs a ResNet (POD-spatial pools its stages); 20 layers amplify the fp32 summation-order difference of
-# sharded gradients to ~1e-4 by the third task (iCaRL on the same ResNet-20 drifts 5e-4), the 4-layer convnet
-# of the other tiny runs stays below 1e-5
-WEIGHT_TOLERANCE = {"podnet": 1e-3}
+# PODNet needs a ResNet (POD-spatial pools its stages): 20 layers amplify the fp32 summation-order difference of
+# sharded gradients about 100x per task (measured 6e-8, 1.8e-5, 1.7e-3 after tasks 1-3; iCaRL on the same
+# ResNet-20 reaches 5e-4), so its weights are compared after the second task, distillation and fine-tuning
+# included; a gradient not averaged or a batch-coupled loss moves them by more than 1e-3 in one task (LUCIR's
+# margin ranking: 7.6e-3). The 4-layer convnet of the other tiny runs stays below 1e-5 after the third task.
+WEIGHTS_AFTER = {"podnet": (1, 1e-4)}  # method -> (task index, tolerance); default (2, 1e-5)
 
 
 def torchrun(*args, **kwargs):
@@ -39,8 +41,8 @@ def torchrun(*args, **kwargs):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
 
 
-def final_weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "task_002.pt", weights_only=True)["method"]["model"]
+def weights_after(run_dir: Path, task: int) -> dict:
+    return torch.load(run_dir / "checkpoints" / f"task_{task:03d}.pt", weights_only=True)["method"]["model"]
 
 
 @pytest.mark.slow
@@ -59,9 +61,10 @@ def test_two_processes_give_the_single_process_result_for_every_method(tmp_path)
         ddp = json.loads((tmp_path / "ddp" / name / "results.json").read_text())
         assert ddp["accuracy"] == pytest.approx(single["accuracy"], abs=1e-6), name
         assert ddp["processes"] == 2 and single["processes"] == 1
-        a, b = final_weights(tmp_path / "single" / name), final_weights(tmp_path / "ddp" / name)
+        task, tolerance = WEIGHTS_AFTER.get(name, (2, 1e-5))
+        a, b = weights_after(tmp_path / "single" / name, task), weights_after(tmp_path / "ddp" / name, task)
         gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-        assert gap < WEIGHT_TOLERANCE.get(name, 1e-5), (name, gap)
+        assert gap < tolerance, (name, gap)
 
 
 def _descendants(pid: int) -> list[int]:

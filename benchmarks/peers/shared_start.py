@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 
 def kind(key: str) -> str:
@@ -71,14 +72,13 @@ def main(argv=None) -> None:
     p.add_argument("--peer-model", type=Path, required=True, help="pycil_adapter.py --save-models file")
     p.add_argument("--ltcil-run", type=Path, required=True, help="a finished ltcil run of the same recipe")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-tasks", type=int, default=0, help="train up to this many tasks (0: as the run did)")
     args = p.parse_args(argv)
 
     task = int(args.peer_model.stem.split("_")[-1])
     if args.out.exists():
         raise SystemExit(f"--out {args.out} exists; choose a new folder")
     config = (args.ltcil_run / "config.yaml").read_text()
-    import yaml
-
     if int(yaml.safe_load(config).get("memory", {}).get("size", 0)) > 0:
         raise SystemExit("this run keeps exemplars, chosen with ltcil's model: a shared start needs a method "
                          "without memory (finetune, lwf)")
@@ -86,6 +86,10 @@ def main(argv=None) -> None:
     for ckpt in (args.out / "checkpoints").glob("*.pt"):
         if not ckpt.name.startswith("task_") or int(ckpt.stem.split("_")[1]) > task:
             ckpt.unlink()
+    if args.max_tasks:  # a key resume lets change
+        cfg = yaml.safe_load(config)
+        cfg["scenario"]["max_tasks"] = args.max_tasks
+        (args.out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     events = args.out / "events.jsonl"  # the log of the tasks kept, then the resumed run's
     if events.exists():
         kept = [line for line in events.read_text().splitlines() if json.loads(line).get("task", 0) <= task]
