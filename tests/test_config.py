@@ -117,3 +117,14 @@ def test_first_task_settings_and_the_deprecated_initial_keys(tmp_path):
     both = write(tmp_path, "train:\n  initial_epochs: 7\n  first_task:\n    epochs: 8\n")
     with pytest.raises(ConfigError, match="train.initial_epochs and train.first_task.epochs are both set"):
         load_config(both)
+
+
+def test_off_and_on_stay_words_for_string_keys_and_booleans_for_bool_keys(tmp_path):
+    """YAML 1.1 reads on / off / yes / no as booleans, which made `train.compile: off` a type error; ltcil reads
+    YAML 1.2 booleans (true / false) and lets bool keys take those words."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  compile: off\n  flip: off\n  amp: yes\n")
+    cfg = load_config(str(path), ["log.report=never", "train.channels_last=no"])
+    assert cfg.train.compile == "off" and cfg.train.flip is False and cfg.train.amp is True
+    assert cfg.train.channels_last is False and cfg.log.report == "never"
+    assert load_config(None, ["train.compile=off"]).train.compile == "off"

@@ -256,6 +256,8 @@ def _coerce(value: Any, tp, key: str, where: str):
     elif tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _YAML11_BOOLS:  # yes / no / on / off, as YAML 1.1 read them
+            return _YAML11_BOOLS[value.lower()]
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if not -INT_LIMIT <= value < INT_LIMIT:
@@ -430,6 +432,16 @@ class StrictLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 booleans only (true / false): YAML 1.1 also reads on / off / yes / no as booleans, which turned
+# `train.compile: off` and `data.cache: off` into False; bool keys still accept those words (_coerce).
+_YAML11_BOOLS = {"yes": True, "no": False, "on": True, "off": False, "y": True, "n": False}
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
 
 
 def parse_yaml(text: str, name: str = "<override>"):
