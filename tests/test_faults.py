@@ -186,8 +186,13 @@ def test_images_that_cannot_fit_in_memory_are_refused_before_allocating(tmp_path
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "0.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "a" / "0.png")
     monkeypatch.setattr(base, "available_memory", lambda: 2**30)
-    cfg = tiny_config("data.name=imagelist", f"data.root={tmp_path}", "data.image_size=100000")
+    cfg = tiny_config("data.name=imagelist", f"data.root={tmp_path}", "data.image_size=100000",
+                      "data.storage=memory")
     with pytest.raises(DataError, match=r"2 images at data.image_size=100000 .* need 55.9 GiB in memory, but 1.0 GiB"):
+        Experiment(cfg, tmp_path / "run")
+    # data.storage=auto streams data too large to hold decoded, but not images too large for one batch
+    cfg = tiny_config("data.name=imagelist", f"data.root={tmp_path}", "data.image_size=100000")
+    with pytest.raises(DataError, match=r"streamed: a batch of 64 images at data.image_size=100000 .* need 7,152.6 GiB"):
         Experiment(cfg, tmp_path / "run")
 
 

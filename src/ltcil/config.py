@@ -36,6 +36,16 @@ class DataConfig:
     test_list: str = ""
     class_names: str = ""  # imagelist: a names file under root: one name per line in label order, or "<id> <name>"
     # lines keyed by class folder / WordNet id (Tiny-ImageNet's words.txt, found by itself when present)
+    # imagelist storage: memory decodes every image once at load; stream decodes each batch in worker processes
+    # (data too large to hold decoded: ImageNet); auto streams when the decoded images would exceed stream_above_gb
+    storage: str = "auto"
+    stream_above_gb: float = 8.0
+    workers: int = -1  # streamed decoding processes (-1: one per core; 0: decode in the training process)
+    cache: str = "auto"  # streamed: a packed cache of the images (auto: under $LTCIL_CACHE or ~/.cache/ltcil,
+    # built on first use; off: read the image files; or a folder)
+    pack_side: int = 0  # short side of the packed images (0: 8/7 of image_size, 256 for 224)
+    pack_quality: int = 90  # JPEG quality of the packed images
+    max_bad_images: int = 0  # unreadable images to skip (listed in the run folder) before the run stops
     num_classes: int = 10  # synthetic only: classes to generate
     images_per_class: int = 30  # synthetic only: training images per class (a quarter as many for test)
 
@@ -117,7 +127,8 @@ class TrainConfig:
     flip: bool = True  # random horizontal flip
     color_jitter: Union[float, list] = 0.0  # brightness/contrast/saturation jitter strength (0 disables), or
     # [brightness, contrast, saturation] strengths ([0.247, 0, 0]: PyCIL's ColorJitter(brightness=63/255))
-    resized_crop: bool = False  # random resized crop (scale 0.35-1) instead of padded crop
+    resized_crop: bool = False  # random resized crop (area crop_scale) instead of padded crop
+    crop_scale: list = field(default_factory=lambda: [0.35, 1.0])  # area range of the resized crop (ImageNet: 0.08-1)
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
     compile: str = "off"  # torch.compile of the training step: off | default | reduce-overhead (CUDA graphs) |
     # max-autotune | eager (trace only: checks that a step compiles)
@@ -208,6 +219,7 @@ _CHOICES = {
     "two_stage.head": ("new", "all", "none"),
     "log.report": ("auto", "always", "never"),
     "eval.shot_split": ("absolute", "quantile"),
+    "data.storage": ("auto", "memory", "stream"),
 }
 
 _NON_NEGATIVE = {
@@ -215,12 +227,12 @@ _NON_NEGATIVE = {
     "train.first_task.epochs", "train.first_task.batch_size", "train.lr", "train.first_task.lr", "train.momentum",
     "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
-    "train.threads", "data.image_size", "scenario.seed", "seed", "eval.few_shot",
+    "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed", "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
              "gvalign.samples_per_class", "gvalign.epochs", "gvalign.lr", "gvalign.batch_size",
-             "data.num_classes", "data.images_per_class", "two_stage.epochs"}
+             "data.num_classes", "data.images_per_class", "two_stage.epochs", "data.stream_above_gb"}
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -334,6 +346,14 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             f"{where}scenario.imbalance_factor: {cfg.scenario.imbalance_factor!r} must be >= 1 "
             "(1 = balanced, 100 = CIFAR-100-LT)."
         )
+    scale = cfg.train.crop_scale
+    if not (len(scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                    for v in scale) and 0 < scale[0] <= scale[1] <= 1):
+        raise ConfigError(f"{where}train.crop_scale: {scale!r} must be [low, high] with 0 < low <= high <= 1.")
+    if cfg.data.workers < -1:
+        raise ConfigError(f"{where}data.workers: {cfg.data.workers!r} must be >= 0, or -1 for one per core.")
+    if not 1 <= cfg.data.pack_quality <= 95:
+        raise ConfigError(f"{where}data.pack_quality: {cfg.data.pack_quality!r} must be in 1 .. 95 (JPEG quality).")
     if not 0 <= cfg.gvalign.shrinkage <= 1:
         raise ConfigError(f"{where}gvalign.shrinkage: {cfg.gvalign.shrinkage!r} must be in [0, 1].")
     if not 0 <= cfg.scenario.val_fraction < 1:

@@ -21,6 +21,9 @@ def describe(cfg: Config, all_classes: bool = False) -> str:
     lines = [f"data: {cfg.data.name} ({cfg.data.root}), {ds.num_classes} classes, images {ds.train.images.shape[1:]} "
              f"{ds.train.images.dtype}; {len(ds.train):,} train / {len(ds.test):,} test"
              + (f" / {len(ds.val):,} val" if ds.val is not None else "") + " images"]
+    if ds.meta.get("storage") == "stream":
+        where = f"the packed cache {ds.meta['cache']}" if ds.meta.get("cache") else "the image files"
+        lines.append(f"storage: streamed (decoded per batch by data.workers processes) from {where}")
     order = sc.order.tolist()
     tasks = sc.tasks[: cfg.scenario.max_tasks or None]
     running = f", running the first {len(tasks)}" if len(tasks) < len(sc.tasks) else ""

@@ -31,7 +31,8 @@ class AugmentSpec:
 
     @classmethod
     def from_train_config(cls, train) -> "AugmentSpec":
-        return cls(train.crop_padding, train.flip, train.color_jitter, train.resized_crop)
+        return cls(train.crop_padding, train.flip, train.color_jitter, train.resized_crop,
+                   tuple(float(v) for v in train.crop_scale))
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -54,9 +55,9 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def random_resized_crop(
-    x: torch.Tensor, gen: torch.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)
+    x: torch.Tensor, gen: torch.Generator, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), size: int | None = None
 ) -> torch.Tensor:
-    """Random area/aspect crop resized back to the input size, via one batched affine grid_sample."""
+    """Random area/aspect crop resized to `size` (default: the input's), via one batched affine grid_sample."""
     b = x.shape[0]
     rand = torch.rand(b, 4, generator=gen, device=gen.device).to(x.device)
     area = scale[0] + (scale[1] - scale[0]) * rand[:, 0]
@@ -68,7 +69,8 @@ def random_resized_crop(
     ty = (2 * rand[:, 3] - 1) * (1 - sh)
     theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, tx, sh, ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    shape = list(x.shape[:2]) + ([size, size] if size else list(x.shape[2:]))
+    grid = F.affine_grid(theta, shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -136,10 +138,11 @@ def augment_uint8(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> t
     return x
 
 
-def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
-    """Photometric and resampling augmentation on floats in [0, 1]."""
+def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, size: int | None = None) -> torch.Tensor:
+    """Photometric and resampling augmentation on floats in [0, 1]; the resized crop outputs `size` (default: the
+    input's size; streamed data decodes larger images for it)."""
     if spec.resized_crop:
-        x = random_resized_crop(x, gen, scale=spec.crop_scale)
+        x = random_resized_crop(x, gen, scale=spec.crop_scale, size=size)
     if any(jitter_strengths(spec.color_jitter)) or spec.hue > 0:
         x = color_jitter(x, spec.color_jitter, gen, spec.hue, spec.jitter_prob)
     return random_grayscale(x, spec.grayscale, gen)

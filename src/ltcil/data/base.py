@@ -8,11 +8,13 @@ from typing import Optional
 import numpy as np
 
 from ..errors import DataError
+from .stream import StreamedImages
 
 
 @dataclass
 class Split:
-    """One split of a dataset. images: uint8 (N, H, W, C); labels: int64 (N,), original class ids."""
+    """One split of a dataset. images: uint8 (N, H, W, C), or a StreamedImages (decoded as batches need them);
+    labels: int64 (N,), original class ids."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -45,7 +47,7 @@ class Dataset:
         shape = None
         for split_name, split in self.splits():
             images, labels = split.images, split.labels
-            if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+            if not isinstance(images, (np.ndarray, StreamedImages)) or images.dtype != np.uint8 or images.ndim != 4:
                 raise DataError(
                     f"{source}: {split_name} images must be a uint8 array of shape (N, H, W, C); got "
                     f"{getattr(images, 'dtype', type(images))} with shape {getattr(images, 'shape', '?')}."

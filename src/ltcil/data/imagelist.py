@@ -11,12 +11,17 @@ Class names: the class folders (or, for lists, the folder level of the paths tha
 replaced by readable names from data.class_names or a `words.txt` beside the data (`<wnid>\t<words>`).
 Only the classes a run uses are decoded (`classes`: an explicit scenario.order).
 
-Decoding runs in a thread pool (Pillow releases the GIL) into one preallocated uint8 array per split.
+Storage (data.storage): `memory` decodes every image once, in a thread pool (Pillow releases the GIL), into one
+preallocated uint8 array per split that then lives on the training device; `stream` keeps only where each image
+is and decodes batches in worker processes as training reads them (stream.py, stream_loader.py), from a packed
+cache of the images (packed.py) unless data.cache is off; `auto` streams when the decoded images would take more
+than data.stream_above_gb. Unreadable images: up to data.max_bad_images are skipped and listed in the run folder.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -27,6 +32,8 @@ from ..errors import DataError
 from ..files import read_text
 from ..registry import register_dataset
 from .base import Dataset, Split, check_fits_in_memory
+from .decode import decode
+from .stream import StreamedImages
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -141,35 +148,26 @@ def _split_folder(split_dir: Path, classes: list[str]) -> tuple[list[str], np.nd
     return read_annotations(split_dir, classes) or scan_folders(split_dir, classes)[:2]
 
 
-def decode(path: str, size: int) -> np.ndarray:
-    """One image as uint8 (size, size, 3): RGB, short side resized to `size`, centre crop."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            scale = size / min(w, h)
-            target = (max(size, round(w * scale)), max(size, round(h * scale)))
-            img.draft("RGB", target)  # JPEG: decode at a reduced scale still >= target (several times faster)
-            img = img.convert("RGB").resize(target, Image.BILINEAR)
-            left, top = (target[0] - size) // 2, (target[1] - size) // 2
-            return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist.") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"image {path} cannot be read ({type(exc).__name__}: {exc}).") from None
-
-
-def decode_all(paths: list[str], size: int, threads: int = 0) -> np.ndarray:
-    """Decode into one preallocated array; the first unreadable image stops the work (no waiting for the rest)."""
+def decode_all(paths: list[str], size: int, threads: int = 0, max_bad: int = 0) -> tuple[np.ndarray, list]:
+    """Decode into one preallocated array; returns it and the unreadable images as (index, message), their rows
+    black.
+    Past `max_bad` unreadable images the work stops at once (no waiting for the rest) with the first one's error."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     workers = threads or min(32, (os.cpu_count() or 1) * 2)
     # Chunks keep the number of futures small for a million images while still spreading small sets over threads.
     chunk = max(1, min(256, len(paths) // (workers * 4)))
+    bad: list[tuple[int, str]] = []
 
     def work(start: int) -> None:
         for i in range(start, min(start + chunk, len(paths))):
-            out[i] = decode(paths[i], size)
+            try:
+                out[i] = decode(paths[i], size)
+            except DataError as exc:
+                bad.append((i, str(exc)))
+                if len(bad) > max_bad:
+                    raise DataError(f"{exc} (more than data.max_bad_images={max_bad} unreadable image(s); raise "
+                                    "it to skip them)." if max_bad else str(exc)) from None
+                out[i] = 0
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
@@ -177,7 +175,7 @@ def decode_all(paths: list[str], size: int, threads: int = 0) -> np.ndarray:
             future.result()  # re-raises a worker's DataError
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return out
+    return out, sorted(bad)
 
 
 def _from_lists(cfg: DataConfig, root: Path) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
@@ -268,8 +266,37 @@ def load(cfg: DataConfig, classes: set | None = None) -> Dataset:
                       labels[np.isin(labels, list(classes))]) for k, (paths, labels) in splits.items()}
     class_names = readable_names(class_names, root, cfg.class_names)
     total = sum(len(paths) for paths, _ in splits.values())
-    check_fits_in_memory(total * cfg.image_size * cfg.image_size * 3,
-                         f"{total:,} images at data.image_size={cfg.image_size} ({root})")
-    decoded = {k: Split(decode_all(paths, cfg.image_size), labels) for k, (paths, labels) in splits.items()}
+    nbytes = total * cfg.image_size * cfg.image_size * 3
+    if cfg.storage == "stream" or (cfg.storage == "auto" and nbytes > cfg.stream_above_gb * 2**30):
+        check_fits_in_memory(64 * cfg.image_size ** 2 * 3 * 4, f"streamed: a batch of 64 images at data.image_size="
+                             f"{cfg.image_size} ({root}), as floats,")
+        return _streamed(cfg, root, splits, class_names)
+    check_fits_in_memory(nbytes, f"{total:,} images at data.image_size={cfg.image_size} ({root}) (data.storage="
+                         "stream reads them as needed instead)")
+    decoded, unreadable = {}, []
+    for k, (paths, labels) in splits.items():
+        images, bad = decode_all(paths, cfg.image_size, max_bad=cfg.max_bad_images - len(unreadable))
+        if bad:  # skipped: their rows and labels leave the split
+            keep = np.ones(len(paths), dtype=bool)
+            keep[[i for i, _ in bad]] = False
+            images, labels = images[keep], labels[keep]
+            unreadable.extend(message for _, message in bad)
+        decoded[k] = Split(images, labels)
     return Dataset("imagelist", decoded["train"], decoded["test"], class_names, val=decoded.get("val"),
-                   meta={"root": str(root)}).validate(str(root))
+                   meta={"root": str(root), "unreadable": unreadable}).validate(str(root))
+
+
+def _streamed(cfg: DataConfig, root: Path, splits: dict, class_names: list[str]) -> Dataset:
+    """Splits that keep where each image is (decoded per batch), from the packed cache unless data.cache=off."""
+    images = {k: StreamedImages(str(root), paths, cfg.image_size) for k, (paths, _) in splits.items()}
+    meta = {"root": str(root), "storage": "stream"}
+    if cfg.cache != "off":
+        from . import packed
+
+        base = packed.default_root() if cfg.cache == "auto" else Path(cfg.cache).expanduser()
+        side = cfg.pack_side or round(cfg.image_size * 8 / 7)
+        meta["cache"] = str(packed.attach(images, str(root), base, side, cfg.pack_quality, cfg.workers,
+                                          cfg.max_bad_images, progress=sys.stderr.isatty()))
+    built = {k: Split(images[k], labels) for k, (_, labels) in splits.items()}
+    return Dataset("imagelist", built["train"], built["test"], class_names, val=built.get("val"),
+                   meta=meta).validate(str(root))

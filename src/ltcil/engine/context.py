@@ -86,7 +86,8 @@ class TaskContext:
         model.eval()
         embed = embed or model.forward_features
         feats, labels = [], []
-        for idx in self.data.index_batches(indices, batch_size or self.cfg.eval.batch_size, shuffle=False):
+        for idx in self.data.index_batches(indices, batch_size or self.cfg.eval.batch_size, shuffle=False,
+                                                split=split):
             x, y = self.data.batch(split, idx)
             feats.append(embed(x.flip(3) if flip else x).float())
             labels.append(y)

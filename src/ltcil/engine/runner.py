@@ -18,6 +18,8 @@ from .. import registry
 from ..config import Config, dump_config, migrate
 from ..data.augment import AugmentSpec
 from ..data.loader import DeviceData
+from ..data.stream import StreamedImages, default_workers
+from ..data.stream_loader import StreamData
 from ..errors import ConfigError, LtcilError
 from ..evaluation.evaluator import evaluate_step
 from ..methods.base import train_class_counts
@@ -114,7 +116,15 @@ class Experiment:
             cfg.scenario, self.dataset.train.labels, self.dataset.test.labels, self.dataset.num_classes, val_labels
         )
         channels_last = cfg.train.channels_last
-        self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
+        if isinstance(self.dataset.train.images, StreamedImages):  # too large to hold decoded: read as needed
+            workers = cfg.data.workers
+            if workers < 0 and self.world.size > 1:  # torchrun: the cores shared among the ranks' workers
+                workers = max(1, default_workers() // self.world.size)
+            self.data = StreamData(self.dataset, self.scenario.label_maps, self.device, channels_last,
+                                   workers, cfg.data.max_bad_images)
+            self.data.bad_log = self.run_dir / "unreadable_images.txt"
+        else:
+            self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
         self.load_seconds = time.perf_counter() - t0
         if self.progress:
             self.log(f"loaded {len(self.dataset.train):,} training and {len(self.dataset.test):,} test images of "
@@ -195,6 +205,7 @@ class Experiment:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             run_folder.mark(self.run_dir)
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            self._write_skipped_images()
         trackers = open_trackers(self.cfg.log, self.run_dir, self.cfg.to_dict()) if main else []
         events = EventLog(self.run_dir / "events.jsonl" if main else None, trackers)
         trainer = Trainer(self.data, self.device, events, progress=self.progress, amp=self.cfg.train.amp,
@@ -217,8 +228,16 @@ class Experiment:
                           "last_accuracy": results["last_accuracy"]})
         finally:
             events.close()
+            self.data.close()
         self._write_report()
         return results
+
+    def _write_skipped_images(self) -> None:
+        """Images the loader skipped as unreadable (within data.max_bad_images), listed in the run folder."""
+        skipped = self.dataset.meta.get("unreadable", []) + [
+            f"{path}\t{message}" for path, message in getattr(self.data, "bad", {}).items()]  # streamed, so far
+        if skipped:
+            (self.run_dir / "unreadable_images.txt").write_text("".join(f"{m}\n" for m in skipped), encoding="utf-8")
 
     def _write_report(self) -> None:
         """The run's own report.html / report.md (log.report: auto writes it when matplotlib is installed)."""
@@ -370,8 +389,9 @@ class Experiment:
 
 # Keys that may change between a run and its resume: where things are and how the run reports or checkpoints,
 # nothing that changes what is trained or measured.
-RESUMABLE_CHANGES = ("log.", "device", "data.root", "data.download", "train.threads", "train.checkpoint_minutes",
-                     "train.progress", "train.compile", "eval.batch_size", "scenario.max_tasks")
+RESUMABLE_CHANGES = ("log.", "device", "data.root", "data.download", "data.workers", "data.cache",
+                     "data.max_bad_images", "train.threads", "train.checkpoint_minutes", "train.progress",
+                     "train.compile", "eval.batch_size", "scenario.max_tasks")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

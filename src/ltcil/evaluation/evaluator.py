@@ -24,7 +24,7 @@ def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int, 
     method.model.eval()
     outputs: dict = {}
     targets = []
-    for idx in data.index_batches(indices, batch_size, shuffle=False):
+    for idx in data.index_batches(indices, batch_size, shuffle=False, split=split):
         x, y = data.batch(split, idx)
         for name, logits in classify(method, plugins, x).items():
             outputs.setdefault(name, []).append(logits.float().cpu())

@@ -182,7 +182,8 @@ class BiC(TeacherMethod):
     def _val_accuracy(self, ctx, corrected: bool) -> float:
         self.model.eval()
         correct = 0
-        for idx in ctx.data.index_batches(self.val_indices, ctx.cfg.eval.batch_size, shuffle=False):
+        batches = ctx.data.index_batches(self.val_indices, ctx.cfg.eval.batch_size, shuffle=False, split="train")
+        for idx in batches:
             x, y = ctx.data.batch("train", idx)
             logits = self.model(x) if corrected else self.model.forward_uncorrected(x)
             correct += int((logits.argmax(1) == y).sum())

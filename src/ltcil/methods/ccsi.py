@@ -133,19 +133,21 @@ class CCSI(TeacherMethod):
     @torch.no_grad()
     def remember_mean_images(self, task, ctx):
         """Per-class mean training image of the task's classes (pixel scale), kept for later syntheses."""
-        images, labels = ctx.data.images["train"], ctx.data.labels["train"]
-        idx = torch.as_tensor(task.train_indices, device=images.device)
-        x, y = images.index_select(0, idx), labels.index_select(0, idx)
-        n = self.model.num_classes
-        sums = torch.zeros(n, *x.shape[1:], device=images.device)
-        for start in range(0, len(x), 4096):
-            sums.index_add_(0, y[start : start + 4096], x[start : start + 4096].float().div_(255))
+        n, device = self.model.num_classes, ctx.device
+        sums, y_all = None, []
+        for idx in ctx.data.index_batches(task.train_indices, 4096, shuffle=False, split="train"):
+            x, y = ctx.data.pixels("train", idx), ctx.data.labels["train"].index_select(0, idx.to(device))
+            if sums is None:
+                sums = torch.zeros(n, *x.shape[1:], device=device)
+            sums.index_add_(0, y, x.float().div_(255))
+            y_all.append(y)
+        y = torch.cat(y_all)
         counts = torch.bincount(y, minlength=n).clamp_min(1).view(-1, 1, 1, 1)
         means = sums / counts
-        grown = torch.zeros(n, *x.shape[1:], device=images.device)
+        grown = torch.zeros(n, *sums.shape[1:], device=device)
         if len(self.mean_images):
             grown[: len(self.mean_images)] = self.mean_images
-        new = torch.as_tensor(task.classes, device=images.device)
+        new = torch.as_tensor(task.classes, device=device)
         grown[new] = means[new]
         self.mean_images = grown
 

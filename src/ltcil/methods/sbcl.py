@@ -132,7 +132,7 @@ class SBCL(ReplayMethod):
     def projections(self, ctx, indices) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.eval()
         zs, ys = [], []
-        for idx in ctx.data.index_batches(indices, ctx.cfg.eval.batch_size, shuffle=False):
+        for idx in ctx.data.index_batches(indices, ctx.cfg.eval.batch_size, shuffle=False, split="train"):
             x, y = ctx.data.batch("train", idx)
             zs.append(self.projector(self.model.forward_features(x)).float())
             ys.append(y)

@@ -1,0 +1,153 @@
+"""Streamed data: the images stay on disk (or in a packed cache) and worker processes decode each batch, a few
+batches ahead of the training loop; everything after decoding (crop, flip, colour, normalisation) runs batched
+on the device exactly as for device-resident data, with the same generator draws.
+
+Workers do only what must happen per image: decode (Pillow's JPEG draft mode picks a reduced DCT scale), resize
+the short side and centre-crop a square. Evaluation decodes at data.image_size, so its batches equal the
+in-memory path's; training with a resized crop decodes a larger square (8/7 of the size: 256 for 224; a packed
+cache's side when that is smaller) and the device crops it to the image size; training with padded crops decodes at the
+image size, so a streamed run is the in-memory run, bit for bit (tests/test_streaming.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .augment import AugmentSpec
+from .base import Dataset
+from .loader import BatchSource, channel_stats
+from .stream import DecodePool, StreamedImages
+
+STATS_IMAGES = 8192  # normalisation statistics from all training images up to this many, else an even sample
+PREFETCH = 2  # batches decoded ahead of the one being trained on
+
+
+class StreamData(BatchSource):
+    def __init__(self, dataset: Dataset, label_maps: dict, device: torch.device, channels_last: bool = False,
+                 workers: int = -1, max_bad_images: int = 0):
+        self.device = device
+        self.channels_last = channels_last
+        self.sources: dict[str, StreamedImages] = {}
+        self.labels: dict[str, torch.Tensor] = {}
+        for name, split in dataset.splits():
+            if not isinstance(split.images, StreamedImages):
+                raise DataError(f"{dataset.name}: the {name} split is not streamed; mixed storage is not supported.")
+            self.sources[name] = split.images
+            self.labels[name] = torch.from_numpy(label_maps[name]).to(device)
+        self.pool = DecodePool(workers)
+        self.max_bad_images = max_bad_images
+        self.bad: dict[str, str] = {}  # source path -> why it could not be read (replaced in its batch)
+        self.bad_log: Optional[Path] = None  # where the runner wants the list of unreadable images
+        self._ahead: deque = deque()  # (split, size, indices, futures) decoded ahead, in the order of batch() calls
+        self._last: Optional[tuple] = None  # the last batch handed out (a second view of it decodes nothing)
+        n, size = len(self.sources["train"]), self.image_size
+        sample = np.arange(n) if n <= STATS_IMAGES else np.linspace(0, n - 1, STATS_IMAGES).round().astype(np.int64)
+        # the in-memory path's chunks of 4096 (equal statistics, so equal batches) while a chunk stays small
+        chunk = 4096 if size <= 128 else 512
+        self.mean, self.std = channel_stats(
+            lambda: (self._decode("train", torch.as_tensor(sample[i : i + chunk]), size)
+                     for i in range(0, len(sample), chunk)), device)
+
+    @property
+    def in_channels(self) -> int:
+        return 3
+
+    @property
+    def image_size(self) -> int:
+        return self.sources["train"].size
+
+    def train_size(self, augment: Optional[AugmentSpec]) -> Optional[int]:
+        if augment is None or not augment.resized_crop:
+            return self.image_size
+        larger = round(self.image_size * 8 / 7)
+        side = self.sources["train"].side  # a packed cache's: the crop resamples its images once, on the device
+        return min(larger, side) if side else larger
+
+    def index_batches(self, indices, batch_size, gen=None, shuffle=True, training=None, split=None, augment=None):
+        chunks = list(super().index_batches(indices, batch_size, gen, shuffle, training))
+        if split is None:  # nothing announced: batch() decodes on demand
+            yield from chunks
+            return
+        size = self.image_size if augment is None else self.train_size(augment)
+        self._ahead.clear()
+        try:
+            for k in range(min(PREFETCH, len(chunks))):
+                self._submit(split, size, chunks[k])
+            for k, chunk in enumerate(chunks):
+                if k + PREFETCH < len(chunks):
+                    self._submit(split, size, chunks[k + PREFETCH])
+                yield chunk
+        finally:
+            for *_, futures in self._ahead:
+                for f in futures:
+                    f.cancel()
+            self._ahead.clear()
+
+    def _submit(self, split: str, size: int, chunk: torch.Tensor) -> None:
+        self._ahead.append((split, size, chunk, self.pool.decode(self.sources[split], chunk.numpy(), size)))
+
+    def pixels(self, split: str, idx: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+        size = size or self.image_size
+        idx = idx.cpu()
+        last = self._last
+        if last is not None and last[:2] == (split, size) and torch.equal(last[2], idx):
+            return last[3]
+        futures = None
+        while self._ahead:  # batches announced but skipped by the caller (torchrun's trailing batch) are dropped
+            a_split, a_size, a_idx, a_futures = self._ahead.popleft()
+            if (a_split, a_size) == (split, size) and torch.equal(a_idx, idx):
+                futures = a_futures
+                break
+        x = self._decode(split, idx, size, futures)
+        self._last = (split, size, idx, x)
+        return x
+
+    def _decode(self, split: str, idx: torch.Tensor, size: int, futures=None) -> torch.Tensor:
+        if futures is None:
+            futures = self.pool.decode(self.sources[split], idx.numpy(), size)
+        parts = [f.result() for f in futures]
+        images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        bad, start = [], 0
+        for part_images, part_bad in parts:
+            bad.extend((start + i, message) for i, message in part_bad)
+            start += len(part_images)
+        if bad:
+            self._replace_bad(split, idx, images, bad)
+        return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+
+    def _replace_bad(self, split: str, idx: torch.Tensor, images: np.ndarray, bad: list) -> None:
+        """An unreadable image is replaced by a readable one of its batch (same class first) and listed; past
+        data.max_bad_images distinct images the run stops, naming the image."""
+        source = self.sources[split]
+        for position, message in bad:
+            path = source.path(int(idx[position]))
+            if path not in self.bad:
+                self.bad[path] = message
+                if len(self.bad) > self.max_bad_images:
+                    raise DataError(f"{message} {len(self.bad)} unreadable image(s) so far, more than "
+                                    f"data.max_bad_images={self.max_bad_images} allows (raise it to skip them).")
+                self._log_bad(path, message)
+        broken = {p for p, _ in bad}
+        good = [i for i in range(len(idx)) if i not in broken]
+        if not good:
+            raise DataError(f"every image of a batch of {split} is unreadable, e.g. {bad[0][1]}")
+        labels = self.labels[split].cpu()[idx]
+        for position, _ in bad:
+            same = [i for i in good if labels[i] == labels[position]]
+            images[position] = images[(same or good)[0]]
+
+    def _log_bad(self, path: str, message: str) -> None:
+        if self.bad_log is not None and self.bad_log.parent.is_dir():  # before the run folder: the runner lists it
+            with open(self.bad_log, "a", encoding="utf-8") as fh:
+                fh.write(f"{path}\t{message}\n")
+
+    def close(self) -> None:
+        self._ahead.clear()
+        self._last = None
+        self.pool.close()

@@ -1,0 +1,236 @@
+"""Streamed image storage (data.storage=stream): the same batches and the same run as the in-memory path, bad
+images named, the packed cache reused, rebuilt when its source changes and refused when truncated, resume inside a
+task, and an index that keeps no Python object per image."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY
+from PIL import Image
+
+from ltcil.config import load_config
+from ltcil.data.stream import StreamedImages
+from ltcil.data.stream_loader import StreamData
+from ltcil.engine.checkpoint import partial_path
+from ltcil.engine.runner import Experiment
+from ltcil.errors import DataError, LtcilWarning
+
+CLASSES = ["cat", "dog", "eel", "fox"]
+
+
+def jpeg_tree(root, per_class=8, test_per_class=3, seed=0):
+    """train/<class>/*.jpg and val/<class>/*.jpg of random sizes (not square: resize and centre crop matter);
+    each class has its own colour so a network can learn it."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", test_per_class)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = rng.integers(18, 40, size=2)
+                img = rng.integers(0, 90, (h, w, 3)).astype(np.uint8)
+                img[..., c % 3] += np.uint8(120 + 40 * (c // 3))
+                Image.fromarray(img).save(root / split / name / f"{name}_{i}.jpg", quality=92)
+    return root
+
+
+def config(root, *extra):
+    return load_config(None, [*TINY, "data.name=imagelist", f"data.root={root}", "data.image_size=16",
+                              "data.workers=0", "data.cache=off", "scenario.increment=2", *extra])
+
+
+def test_streamed_eval_batches_equal_the_in_memory_ones(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    memory = Experiment(config(root, "data.storage=memory"), tmp_path / "m")
+    streamed = Experiment(config(root, "data.storage=stream"), tmp_path / "s")
+    assert isinstance(streamed.data, StreamData) and not isinstance(memory.data, StreamData)
+    assert torch.equal(memory.data.mean, streamed.data.mean) and torch.equal(memory.data.std, streamed.data.std)
+    for split in ("train", "test"):
+        idx = torch.arange(len(memory.data.labels[split]))
+        x_m, y_m = memory.data.batch(split, idx)
+        x_s, y_s = streamed.data.batch(split, idx)
+        assert torch.equal(x_m, x_s) and torch.equal(y_m, y_s)
+
+
+def test_worker_processes_decode_the_same_batches_ahead(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    inline = Experiment(config(root, "data.storage=stream"), tmp_path / "a").data
+    pooled = Experiment(config(root, "data.storage=stream", "data.workers=2"), tmp_path / "b").data
+    try:
+        order = torch.randperm(len(inline.labels["train"]), generator=torch.Generator().manual_seed(0))
+        for k, idx in enumerate(pooled.index_batches(order, 7, shuffle=False, split="train")):
+            if k == 0:  # this batch and the next two were submitted before the first was asked for
+                assert [len(a[2]) for a in pooled._ahead] == [7, 7, 7]
+            assert torch.equal(pooled.batch("train", idx)[0], inline.batch("train", idx)[0])
+        assert k == 4 and not pooled._ahead
+    finally:
+        pooled.close()
+
+
+def test_a_streamed_run_is_the_in_memory_run(tmp_path):
+    """Padded crop and flip run on the device after decoding at the image size: bit-identical results."""
+    root = jpeg_tree(tmp_path / "tree")
+    extra = ["method.name=icarl", "train.epochs=2", "train.crop_padding=2"]
+    memory = Experiment(config(root, "data.storage=memory", *extra), tmp_path / "m").run()
+    streamed = Experiment(config(root, "data.storage=stream", *extra), tmp_path / "s").run()
+    for key in ("accuracy", "accuracy_matrix", "accuracy_nme", "per_class_accuracy"):
+        assert streamed[key] == memory[key], key
+
+
+def test_resized_crop_decodes_larger_and_trains_at_the_image_size(tmp_path):
+    from ltcil.data.augment import AugmentSpec
+
+    root = jpeg_tree(tmp_path / "tree")
+    extra = ["data.storage=stream", "train.resized_crop=true", "train.crop_padding=0"]
+    exp = Experiment(config(root, *extra), tmp_path / "s")
+    aug = AugmentSpec(crop_padding=0, resized_crop=True)
+    assert exp.data.train_size(aug) == 18 and exp.data.train_size(None) == 16  # 16 * 8 / 7, rounded
+    x, _ = exp.data.batch("train", torch.arange(5), aug, torch.Generator().manual_seed(0))
+    assert x.shape == (5, 3, 16, 16)
+    assert exp.run()["completed_tasks"] == 2
+    # a packed cache smaller than that: its images are cropped as they are (one resampling)
+    packed = Experiment(config(root, *extra, f"data.cache={tmp_path / 'cache'}", "data.pack_side=12"), tmp_path / "p")
+    assert packed.data.train_size(aug) == 12 and packed.data.batch("train", torch.arange(5), aug,
+                                                                   torch.Generator())[0].shape == (5, 3, 16, 16)
+
+
+def test_resume_inside_a_task_on_streamed_data(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    extra = ["data.storage=stream", "train.epochs=2", "train.checkpoint_minutes=1e-9", "train.resized_crop=true",
+             "train.crop_padding=0"]
+    expected = Experiment(config(root, *extra), tmp_path / "full").run()
+
+    class Stop(Exception):
+        pass
+
+    stopped = Experiment(config(root, *extra), tmp_path / "stopped")
+    original, calls = stopped.method.begin_epoch, [0]
+
+    def begin_epoch(epoch, epochs, ctx=None):
+        calls[0] += 1
+        if calls[0] == 4:  # task 2, before its second epoch
+            raise Stop
+        original(epoch, epochs, ctx)
+
+    stopped.method.begin_epoch = begin_epoch
+    with pytest.raises(Stop):
+        stopped.run()
+    assert partial_path(tmp_path / "stopped").exists()
+    resumed = Experiment(config(root, *extra), tmp_path / "stopped")
+    assert resumed.restore() and resumed.partial is not None
+    got = resumed.run()
+    assert got["accuracy"] == expected["accuracy"] and got["accuracy_matrix"] == expected["accuracy_matrix"]
+
+
+def test_an_unreadable_image_is_named_and_skipped_only_within_the_budget(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    broken = root / "train" / "dog" / "dog_3.jpg"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated JPEG
+    for storage in ("stream", "memory"):
+        with pytest.raises(DataError, match="dog_3.jpg"):
+            exp = Experiment(config(root, f"data.storage={storage}"), tmp_path / f"fail_{storage}")
+            exp.run()
+        run = tmp_path / f"ok_{storage}"
+        results = Experiment(config(root, f"data.storage={storage}", "data.max_bad_images=1"), run).run()
+        assert results["completed_tasks"] == 2
+        listed = (run / "unreadable_images.txt").read_text()
+        assert "dog_3.jpg" in listed and len(listed.splitlines()) == 1
+
+
+def test_streamed_replacement_keeps_the_batch_size_and_class(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    (root / "train" / "cat" / "cat_1.jpg").write_bytes(b"not an image")
+    data = Experiment(config(root, "data.storage=stream", "data.max_bad_images=1"), tmp_path / "s").data
+    idx = torch.arange(len(data.labels["train"]))
+    x, y = data.batch("train", idx)
+    bad = [i for i in range(len(idx)) if data.sources["train"].path(i).endswith("cat_1.jpg")][0]
+    same = [i for i in range(len(idx)) if y[i] == y[bad] and i != bad]
+    assert len(x) == len(idx) and any(torch.equal(x[bad], x[i]) for i in same)
+
+
+def test_packed_cache_is_reused_rebuilt_when_the_source_changes_and_refused_when_truncated(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    cache = tmp_path / "cache"
+    cfg = config(root, "data.storage=stream", f"data.cache={cache}", "data.pack_side=20")
+    first = Experiment(cfg, tmp_path / "a")
+    folder = next(cache.iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["side"] == 20 and manifest["splits"]["train"]["count"] == 32
+    assert first.data.sources["train"].packed is not None
+    x_packed = first.data.batch("test", torch.arange(4))[0]
+    x_source = Experiment(config(root, "data.storage=stream"), tmp_path / "b").data.batch("test", torch.arange(4))[0]
+    assert x_packed.shape == x_source.shape and (x_packed - x_source).abs().mean() < 0.2  # re-encoded, close
+    built = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.bin")}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a matching cache is used as it is, silently
+        Experiment(cfg, tmp_path / "c")
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.bin")} == built
+
+    jpeg_tree(root, seed=1)  # every image rewritten with other content
+    with pytest.warns(LtcilWarning, match="source images of the (train|test) split changed"):
+        Experiment(cfg, tmp_path / "d")
+
+    shard = sorted(folder.glob("train_*.bin"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.warns(LtcilWarning, match="truncated"):
+        exp = Experiment(cfg, tmp_path / "e")
+    assert shard.stat().st_size == json.loads((folder / "manifest.json").read_text())["shards"][0]["bytes"]
+    assert exp.run()["completed_tasks"] == 2
+
+
+def test_the_index_keeps_no_python_object_per_image(tmp_path):
+    paths = [f"/data/imagenet/train/n{c:08d}/img_{i}.JPEG" for c in range(50) for i in range(200)]
+    images = StreamedImages("/data/imagenet", paths, 224)
+    assert images.shape == (10_000, 224, 224, 3) and images.path(4321) == paths[4321]
+    for value in vars(images).values():  # flat arrays and scalars only
+        assert isinstance(value, (np.ndarray, str, int, type(None)))
+    per_image = (images.blob.nbytes + images.offsets.nbytes) / len(images)
+    assert per_image < 40  # root-relative path bytes + one offset
+    kept = images.select(np.arange(len(images)) % 2 == 0)
+    assert len(kept) == 5_000 and kept.path(1) == paths[2]
+
+
+IMAGENET_CONFIGS = ["bic_resnet18_imagenet100_b0inc10", "bic_resnet18_imagenet1000_b0inc100",
+                    "icarl_resnet18_imagenet100_b0inc10", "sbcl_resnet50_imagenetlt",
+                    "icarl_resnet18_imagenetsubsetlt_ordered_b50inc10", "lucir_resnet18_imagenetsubsetlt_shuffled_b50inc10",
+                    "podnet_resnet18_imagenetsubsetlt_ordered_b50inc10"]
+SHORT = {"bic": ["method.bias_epochs=1"], "podnet": ["method.finetune_epochs=1", "method.proxies=1"],
+         "lucir": ["method.cbf_epochs=1"],
+         # ResNet-50 over 1,000 classes is slow on a CPU: 20 of them
+         "sbcl": ["method.linear_epochs=1", "method.warmup_epochs=0", "method.delta=2", "method.linear_batch_size=16",
+                  f"scenario.order={list(range(0, 1000, 50))}".replace(" ", "")]}
+
+
+@pytest.mark.parametrize("name", IMAGENET_CONFIGS)
+def test_imagenet_configs_run_streamed_on_list_files_of_their_names(tmp_path, name):
+    """Each ImageNet config, unchanged but for its schedule, image size and data.root, reads list files with the
+    names it expects (here a tiny tree of as many classes as the config needs) and trains its first task streamed."""
+    from ltcil.config import shipped_configs
+
+    path = shipped_configs()[name]
+    cfg = load_config(path, [f"data.root={tmp_path}"])
+    classes = 1000 if ("1000" in name or "imagenetlt" in name) else 100
+    img = Image.fromarray(np.full((20, 24, 3), 128, np.uint8))
+    (tmp_path / "img").mkdir()
+    for key in ("train_list", "val_list", "test_list"):
+        if getattr(cfg.data, key):
+            per_class = 3 if key == "train_list" else 1
+            lines = []
+            for c in range(classes):
+                for i in range(per_class):
+                    rel = f"img/{key}_{c}_{i}.jpg"
+                    img.save(tmp_path / rel)
+                    lines.append(f"{rel} {c}")
+            (tmp_path / getattr(cfg.data, key)).write_text("\n".join(lines) + "\n")
+    method = cfg.method["name"]
+    overrides = [f"data.root={tmp_path}", "data.image_size=16", "data.storage=stream", "data.workers=0",
+                 "data.cache=off", "train.epochs=1", "train.batch_size=64", "scenario.max_tasks=1",
+                 "scenario.imbalance_factor=1", "scenario.val_fraction=0", "train.progress=false", "log.report=never",
+                 "eval.batch_size=256", *SHORT.get(method, [])]
+    exp = Experiment(load_config(path, overrides), tmp_path / "run")
+    assert isinstance(exp.data, StreamData)
+    results = exp.run()
+    assert results["completed_tasks"] == 1 and results["train_counts"][0] >= 3
