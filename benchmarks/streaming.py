@@ -121,6 +121,18 @@ def train_split(root: Path, repeat: int = 1):
     return paths * repeat, np.tile(labels, repeat), classes
 
 
+def repeat_index(images, n: int):
+    """The index of a dataset `n` times as large (every entry repeated), built as a loader would hold it: the
+    path blob and offsets, no Python object per image."""
+    import copy
+
+    out = copy.copy(images)
+    length = int(images.offsets[-1])
+    out.blob = np.tile(images.blob, n)
+    out.offsets = np.concatenate([images.offsets[:-1] + k * length for k in range(n)] + [[n * length]])
+    return out
+
+
 def pipeline_ltcil(args) -> dict:
     import torch
 
@@ -131,8 +143,9 @@ def pipeline_ltcil(args) -> dict:
 
     torch.set_num_threads(args.threads)
     root = Path(args.root)
-    paths, labels, classes = train_split(root, args.repeat)
-    images = StreamedImages(str(root), paths, SIZE)
+    paths, labels, classes = train_split(root)
+    images = repeat_index(StreamedImages(str(root), paths, SIZE), args.repeat)
+    labels = np.tile(labels, args.repeat)
     build_s = None
     if args.pipeline == "packed":
         from ltcil.data import packed

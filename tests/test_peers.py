@@ -184,3 +184,39 @@ def test_shared_start_maps_a_peer_state_by_position_kind_and_shape():
         shared_start.map_state(swapped, ours)
     with pytest.raises(SystemExit, match="not the same network"):
         shared_start.map_state(dict(list(peer.items())[:4]), ours)
+
+
+def test_shared_start_chooses_the_memory_again_with_the_model_it_was_given(tmp_path):
+    """iCaRL's shared start: with the checkpoint's own model, choosing again gives the memory the task chose; with
+    other weights, another memory and other class means."""
+    import shutil
+
+    import torch
+    from helpers import tiny_config
+
+    import shared_start
+    from ltcil.engine.runner import Experiment
+
+    Experiment(tiny_config("method.name=icarl", "scenario.max_tasks=1"), tmp_path / "run").run()
+    ckpt = tmp_path / "run" / "checkpoints" / "task_000.pt"
+    before = torch.load(ckpt, weights_only=True)["method"]
+    shutil.copytree(tmp_path / "run", tmp_path / "same")
+    shared_start.reselect_memory(tmp_path / "same", 0)
+    same = torch.load(tmp_path / "same" / "checkpoints" / "task_000.pt", weights_only=True)["method"]
+    def chosen(memory):
+        return memory["classes"], [t.tolist() for t in memory["indices"]]
+
+    assert chosen(same["memory"]) == chosen(before["memory"])
+    assert torch.equal(same["class_means"], before["class_means"])
+
+    shutil.copytree(tmp_path / "run", tmp_path / "other")
+    path = tmp_path / "other" / "checkpoints" / "task_000.pt"
+    state = torch.load(path, weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    state["method"]["model"] = {k: v + 0.5 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+                                for k, v in state["method"]["model"].items()}
+    torch.save(state, path)
+    shared_start.reselect_memory(tmp_path / "other", 0)
+    other = torch.load(path, weights_only=True)["method"]
+    assert chosen(other["memory"]) != chosen(before["memory"]) and not torch.allclose(other["class_means"], before["class_means"])
+    assert set(shared_start.seen_class_accuracy(tmp_path / "other")) == {"linear", "nme"}

@@ -234,3 +234,14 @@ def test_imagenet_configs_run_streamed_on_list_files_of_their_names(tmp_path, na
     assert isinstance(exp.data, StreamData)
     results = exp.run()
     assert results["completed_tasks"] == 1 and results["train_counts"][0] >= 3
+
+
+def test_statistics_of_a_large_split_come_from_an_even_sample(tmp_path, monkeypatch):
+    from ltcil.data import stream_loader
+
+    root = jpeg_tree(tmp_path / "tree")
+    exact = Experiment(config(root, "data.storage=stream"), tmp_path / "a").data
+    monkeypatch.setattr(stream_loader, "STATS_IMAGES", 20)  # 32 training images: 20 of them, one pass
+    sampled = Experiment(config(root, "data.storage=stream"), tmp_path / "b").data
+    assert not torch.equal(exact.mean, sampled.mean)
+    assert torch.allclose(exact.mean, sampled.mean, atol=0.01) and torch.allclose(exact.std, sampled.std, atol=0.01)

@@ -10,7 +10,9 @@ folder is copied to --out without the checkpoints after the peer model's task; t
 task's checkpoint are replaced by PyCIL's (matched entry by entry: PyCIL's resnet32 and ltcil's ResNet-32 with
 `backbone.shortcut=pad` hold the same tensors in the same order), the replaced model is evaluated on the seen
 classes' test images (it must give PyCIL's own accuracy), and `ltcil resume` trains the remaining tasks.
-Methods with exemplars are refused: their memory was chosen with ltcil's model, not PyCIL's.
+For a method with exemplars (iCaRL) the peer model must be the first task's: the checkpoint's memory, chosen with
+ltcil's model, is emptied and chosen again with PyCIL's (herding on its features, then the class means), as the
+end of that task would have done with that model.
 """
 
 from __future__ import annotations
@@ -49,22 +51,52 @@ def map_state(peer: dict, ours: dict) -> dict:
     return out
 
 
-@torch.no_grad()
-def seen_class_accuracy(run_dir: Path) -> float:
-    """Top-1 of the restored model over the test images of the classes seen so far (PyCIL's CNN figure)."""
+def restored(run_dir: Path):
     from ltcil.config import load_config
     from ltcil.engine.runner import Experiment
 
     exp = Experiment(load_config(run_dir / "config.yaml"), run_dir, progress=False, log=lambda *_: None)
     exp.restore()
-    model, data = exp.method.model.eval(), exp.data
+    return exp
+
+
+@torch.no_grad()
+def seen_class_accuracy(run_dir: Path) -> dict:
+    """Top-1 of every classifier of the restored method (linear: PyCIL's CNN figure; nme) over the test images of
+    the classes seen so far."""
+    exp = restored(run_dir)
+    exp.method.model.eval()
+    data = exp.data
     labels = data.labels["test"]
     idx = torch.nonzero((labels >= 0) & (labels < exp.method.model.num_classes)).flatten()
-    correct = 0
+    correct: dict = {}
     for start in range(0, len(idx), 500):
         x, y = data.batch("test", idx[start:start + 500])
-        correct += int((model(x).argmax(1) == y).sum())
-    return 100.0 * correct / len(idx)
+        for name, logits in exp.method.predict(x).items():
+            correct[name] = correct.get(name, 0) + int((logits.argmax(1) == y).sum())
+    return {name: round(100.0 * c / len(idx), 2) for name, c in correct.items()}
+
+
+def reselect_memory(run_dir: Path, task: int) -> None:
+    """Empty the memory of the checkpoint after `task` and choose it again with the model now in it (the end of
+    that task, as the method runs it), then save the checkpoint back."""
+    from ltcil.engine.checkpoint import save_checkpoint
+    from ltcil.engine.context import TaskContext
+    from ltcil.engine.seed import generators
+    from ltcil.engine.trainer import Trainer
+    from ltcil.memory import ExemplarMemory
+    from ltcil.reporting.events import EventLog
+
+    exp = restored(run_dir)
+    mem = exp.cfg.memory
+    exp.method.memory = ExemplarMemory(mem.size, mem.per_class, mem.selection)
+    events = EventLog(None)
+    trainer = Trainer(exp.data, exp.device, events, progress=False)
+    spec = exp.scenario.tasks[task]
+    ctx = TaskContext(exp.cfg, exp.scenario, exp.data, trainer, exp.device, generators(exp.cfg.seed, task, exp.device),
+                      events, task, exp.new_model, run_dir, task=spec)
+    exp.method.end_task(spec, ctx)
+    save_checkpoint(run_dir, task, exp._state(task))
 
 
 def main(argv=None) -> None:
@@ -79,9 +111,11 @@ def main(argv=None) -> None:
     if args.out.exists():
         raise SystemExit(f"--out {args.out} exists; choose a new folder")
     config = (args.ltcil_run / "config.yaml").read_text()
-    if int(yaml.safe_load(config).get("memory", {}).get("size", 0)) > 0:
-        raise SystemExit("this run keeps exemplars, chosen with ltcil's model: a shared start needs a method "
-                         "without memory (finetune, lwf)")
+    memory = yaml.safe_load(config).get("memory", {})
+    with_memory = int(memory.get("size", 0)) > 0 or int(memory.get("per_class", 0)) > 0
+    if with_memory and task != 0:
+        raise SystemExit("this run keeps exemplars: its memory of earlier tasks was chosen with ltcil's models, so a "
+                         "shared start must begin after the first task (task_000.pt)")
     shutil.copytree(args.ltcil_run, args.out, ignore=shutil.ignore_patterns("results.json", "report.*"))
     for ckpt in (args.out / "checkpoints").glob("*.pt"):
         if not ckpt.name.startswith("task_") or int(ckpt.stem.split("_")[1]) > task:
@@ -98,9 +132,11 @@ def main(argv=None) -> None:
     state = torch.load(path, weights_only=True)
     state["method"]["model"] = map_state(torch.load(args.peer_model, weights_only=True), state["method"]["model"])
     torch.save(state, path)
+    if with_memory:
+        reselect_memory(args.out, task)
     accuracy = seen_class_accuracy(args.out)
     print(json.dumps({"event": "shared_start", "task": task, "peer_model": str(args.peer_model),
-                      "ltcil_accuracy_of_peer_model": round(accuracy, 2)}), flush=True)
+                      "ltcil_accuracy_of_peer_model": accuracy}), flush=True)
     subprocess.run([sys.executable, "-m", "ltcil", "resume", str(args.out), "--quiet"], check=True)
     results = json.loads((args.out / "results.json").read_text())
     print(json.dumps({"event": "shared_start_done", "accuracy": results["accuracy"],

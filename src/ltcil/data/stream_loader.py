@@ -47,12 +47,23 @@ class StreamData(BatchSource):
         self._ahead: deque = deque()  # (split, size, indices, futures) decoded ahead, in the order of batch() calls
         self._last: Optional[tuple] = None  # the last batch handed out (a second view of it decodes nothing)
         n, size = len(self.sources["train"]), self.image_size
-        sample = np.arange(n) if n <= STATS_IMAGES else np.linspace(0, n - 1, STATS_IMAGES).round().astype(np.int64)
-        # the in-memory path's chunks of 4096 (equal statistics, so equal batches) while a chunk stays small
-        chunk = 4096 if size <= 128 else 512
-        self.mean, self.std = channel_stats(
-            lambda: (self._decode("train", torch.as_tensor(sample[i : i + chunk]), size)
-                     for i in range(0, len(sample), chunk)), device)
+        if n <= STATS_IMAGES:
+            # the in-memory path's computation (two passes, chunks of 4096: equal statistics, so equal batches)
+            # while a chunk stays small; larger images in chunks of 512
+            chunk = 4096 if size <= 128 else 512
+            self.mean, self.std = channel_stats(
+                lambda: (self._decode("train", torch.arange(i, min(i + chunk, n)), size) for i in range(0, n, chunk)),
+                device)
+        else:  # an even sample, one pass of float64 sums
+            sample = torch.as_tensor(np.linspace(0, n - 1, STATS_IMAGES).round().astype(np.int64))
+            total = torch.zeros(2, 3, dtype=torch.float64, device=device)
+            for i in range(0, len(sample), 512):
+                x = self._decode("train", sample[i : i + 512], size).double().div_(255)
+                total += torch.stack([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))])
+            count = len(sample) * size * size
+            mean = total[0] / count
+            std = (total[1] / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+            self.mean, self.std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
 
     @property
     def in_channels(self) -> int:
