@@ -245,3 +245,15 @@ def test_statistics_of_a_large_split_come_from_an_even_sample(tmp_path, monkeypa
     sampled = Experiment(config(root, "data.storage=stream"), tmp_path / "b").data
     assert not torch.equal(exact.mean, sampled.mean)
     assert torch.allclose(exact.mean, sampled.mean, atol=0.01) and torch.allclose(exact.std, sampled.std, atol=0.01)
+
+
+def test_a_list_entry_whose_image_is_missing_is_named_by_file_and_line(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    lines = [f"train/{c}/{c}_{i}.jpg {k}" for k, c in enumerate(CLASSES) for i in range(3)]
+    lines[4] = "train/dog/nowhere.jpg 1"
+    (root / "train.txt").write_text("# images\n" + "\n".join(lines) + "\n")
+    (root / "test.txt").write_text("".join(f"val/{c}/{c}_0.jpg {k}\n" for k, c in enumerate(CLASSES)))
+    for storage in ("memory", "stream"):
+        with pytest.raises(DataError, match=r"train.txt, line 6: .*train/dog/nowhere.jpg does not exist"):
+            Experiment(config(root, f"data.storage={storage}", "data.train_list=train.txt",
+                              "data.test_list=test.txt"), tmp_path / storage)

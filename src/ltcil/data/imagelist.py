@@ -191,7 +191,14 @@ def _from_lists(cfg: DataConfig, root: Path) -> tuple[dict[str, tuple[list[str],
         splits["test"] = splits.pop("val")  # the ImageNet convention: val is the test split
     num_classes = check_list_labels(cfg, root, splits)
     class_names = list_class_names(*splits["train"], num_classes)
-    return {k: ([str(root / p) for p in paths], labels) for k, (paths, labels) in splits.items()}, class_names
+    full = {k: ([f"{root}/{p}" if not p.startswith("/") else p for p in paths], labels)
+            for k, (paths, labels) in splits.items()}
+    for key, (paths, _) in full.items():  # a missing entry is a list error: named by file and line, before decoding
+        missing = next((i for i, p in enumerate(paths) if not os.path.isfile(p)), None)
+        if missing is not None:
+            name = getattr(cfg, f"{key}_list") or cfg.val_list
+            raise DataError(f"{_line_of(root / name, missing)}: {paths[missing]} does not exist.")
+    return full, class_names
 
 
 def check_list_labels(cfg: DataConfig, root: Path, splits: dict) -> int:
