@@ -13,6 +13,8 @@ Steps, in this order (the full schedule last, with whatever time is left):
               then a resume after task 1 that must give the same first-task accuracy
   throughput  benchmarks/train_throughput.py: ltcil's device pipeline (eager, torch.compile, CUDA graphs) vs the
               per-sample DataLoader pipeline, ResNet-32, batch 128
+  streaming   benchmarks/streaming.py on a generated ImageNet-like JPEG tree: streamed decode + augment to 224 px
+              batches on the GPU, from the files and from the packed cache, vs a per-sample DataLoader
   full_run    iCaRL CIFAR-100 B0-Inc10 at PyCIL's schedule (icarl_resnet32_cifar100_b0inc10_pycil, 200 + 9 x 170
               epochs): the first task, the projected wall time of all ten, then as many further tasks as the time
               left allows (resuming); accuracy against PyCIL's published 64.4
@@ -176,6 +178,18 @@ def step_throughput(check: Check, device: str, data: str) -> None:
                  tail=None if ok else output[-3000:])
 
 
+def step_streaming(check: Check, device: str) -> None:
+    work = check.out / "streaming"
+    size = ["--classes", "4", "--per-class", "12", "--val-per-class", "2", "--batches", "2", "--batch-size", "8",
+            "--workers", "2", "--scales", "1"] if check.dry_run else \
+        ["--classes", "20", "--per-class", "130", "--val-per-class", "5", "--batches", "15", "--workers", "12",
+         "--scales", "1", "4"]
+    cmd = [sys.executable, "benchmarks/streaming.py", "--work", str(work), "--device", device, *size]
+    ok, output, seconds = check.run("streaming", cmd, 150)
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    check.record("streaming", ok, seconds, rows=rows, tail=None if ok else output[-3000:])
+
+
 def step_full_run(check: Check, device: str, data: str) -> None:
     """The published schedule: the first task, the projected wall time of all tasks from it, then as many further
     tasks as the time left allows (full_run.py resumes the same run folder)."""
@@ -222,7 +236,8 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny data: every step's code path, in minutes")
     p.add_argument("--budget", type=float, default=530, help="seconds for all steps (default fits a 9-min slot)")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder with the CIFAR-100 archive")
-    p.add_argument("--steps", nargs="+", default=["env", "gpu_tests", "torchrun", "smoke", "throughput", "full_run"])
+    p.add_argument("--steps", nargs="+",
+                   default=["env", "gpu_tests", "torchrun", "smoke", "throughput", "streaming", "full_run"])
     args = p.parse_args()
 
     check = Check(args.out, args.budget, args.dry_run)
@@ -235,6 +250,7 @@ def main() -> None:
     steps = {"env": lambda: step_env(check), "gpu_tests": lambda: step_gpu_tests(check),
              "torchrun": lambda: step_torchrun(check, device), "smoke": lambda: step_smoke(check, device),
              "throughput": lambda: step_throughput(check, device, args.data),
+             "streaming": lambda: step_streaming(check, device),
              "full_run": lambda: step_full_run(check, device, args.data)}
     for name in args.steps:
         if check.left() <= 5:

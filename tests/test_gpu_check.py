@@ -17,9 +17,12 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == ["env", "gpu_tests", "torchrun", "smoke", "throughput", "full_run"]
+    assert [r["step"] for r in rows] == ["env", "gpu_tests", "torchrun", "smoke", "throughput", "streaming",
+                                         "full_run"]
     failed = {r["step"]: r.get("error") or r.get("tail") for r in rows if not r["ok"]}
     assert not failed, failed
     smoke = next(r for r in rows if r["step"] == "smoke")["methods"]
     assert len(smoke) >= 12 and all(m["ok"] for m in smoke.values())
     assert next(r for r in rows if r["step"] == "full_run")["average_incremental_accuracy"] is not None
+    streaming = next(r for r in rows if r["step"] == "streaming")["rows"]
+    assert {r.get("pipeline") for r in streaming} >= {"dataloader", "stream", "packed"}
