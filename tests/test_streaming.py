@@ -257,3 +257,16 @@ def test_a_list_entry_whose_image_is_missing_is_named_by_file_and_line(tmp_path)
         with pytest.raises(DataError, match=r"train.txt, line 6: .*train/dog/nowhere.jpg does not exist"):
             Experiment(config(root, f"data.storage={storage}", "data.train_list=train.txt",
                               "data.test_list=test.txt"), tmp_path / storage)
+
+
+def test_a_batch_a_method_asks_for_itself_leaves_the_batches_decoded_ahead(tmp_path):
+    root = jpeg_tree(tmp_path / "tree")
+    data = Experiment(config(root, "data.storage=stream"), tmp_path / "s").data
+    order = torch.arange(len(data.labels["train"]))
+    batches = data.index_batches(order, 8, shuffle=False, split="train")
+    first = next(batches)
+    ahead = [a[2] for a in data._ahead]
+    data.batch("train", torch.tensor([30, 31]))  # e.g. exemplars drawn by the method within a step
+    assert [a[2] for a in data._ahead] == ahead
+    data.batch("train", first)
+    assert len(data._ahead) == len(ahead) - 1

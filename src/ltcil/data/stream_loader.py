@@ -12,6 +12,7 @@ image size, so a streamed run is the in-memory run, bit for bit (tests/test_stre
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Optional
 
@@ -110,11 +111,11 @@ class StreamData(BatchSource):
         if last is not None and last[:2] == (split, size) and torch.equal(last[2], idx):
             return last[3]
         futures = None
-        while self._ahead:  # batches announced but skipped by the caller (torchrun's trailing batch) are dropped
-            a_split, a_size, a_idx, a_futures = self._ahead.popleft()
-            if (a_split, a_size) == (split, size) and torch.equal(a_idx, idx):
-                futures = a_futures
-                break
+        match = next((k for k, (a_split, a_size, a_idx, _) in enumerate(self._ahead)
+                      if (a_split, a_size) == (split, size) and torch.equal(a_idx, idx)), None)
+        if match is not None:  # batches announced before it but skipped by the caller (torchrun's trailing batch)
+            for _ in range(match + 1):  # are dropped; a batch never announced (a method's own) leaves the queue be
+                futures = self._ahead.popleft()[3]
         x = self._decode(split, idx, size, futures)
         self._last = (split, size, idx, x)
         return x
@@ -122,7 +123,11 @@ class StreamData(BatchSource):
     def _decode(self, split: str, idx: torch.Tensor, size: int, futures=None) -> torch.Tensor:
         if futures is None:
             futures = self.pool.decode(self.sources[split], idx.numpy(), size)
-        parts = [f.result() for f in futures]
+        try:
+            parts = [f.result() for f in futures]
+        except BrokenProcessPool:
+            raise DataError(f"a decoding worker process died (out of memory? killed?) while reading the {split} "
+                            f"split; fewer data.workers or a smaller data.image_size need less memory.") from None
         images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         bad, start = [], 0
         for part_images, part_bad in parts:
