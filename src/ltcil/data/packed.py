@@ -11,6 +11,7 @@ size of every shard. A changed source, a missing manifest (a build that was kill
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -64,11 +65,29 @@ def attach(splits: dict[str, StreamedImages], root: str, base: Path, side: int, 
     match the source; returns the cache folder."""
     folder = cache_folder(base, root, splits, side, quality)
     digests = {name: source_digest(images) for name, images in splits.items()}
-    problem = check(folder, splits, digests, side, quality)
-    if problem is not None:
-        if problem != "absent":
-            warnings.warn(LtcilWarning(f"packed cache {folder}: {problem}; rebuilding it."))
-        build(folder, root, splits, digests, side, quality, workers, max_bad_images, progress)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        lock = open(base / f"{folder.name}.lock", "w")
+    except OSError as exc:  # a read-only cache folder serves a cache built before, and nothing else
+        if check(folder, splits, digests, side, quality) is None:
+            return _use(folder, splits, side)
+        raise DataError(f"packed cache {folder} cannot be built there ({exc.strerror}); set data.cache to a writable "
+                        "folder, or data.cache=off to read the image files.") from None
+    with lock:  # one builder at a time: torchrun's ranks (or two runs) wait for the first, then find it valid
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        problem = check(folder, splits, digests, side, quality)
+        if problem is not None:
+            if problem != "absent":
+                warnings.warn(LtcilWarning(f"packed cache {folder}: {problem}; rebuilding it."))
+            try:
+                build(folder, root, splits, digests, side, quality, workers, max_bad_images, progress)
+            except OSError as exc:
+                raise DataError(f"packed cache {folder}: {exc.strerror or exc} while writing it; free space there, "
+                                "set data.cache to another folder, or data.cache=off.") from None
+    return _use(folder, splits, side)
+
+
+def _use(folder: Path, splits: dict[str, StreamedImages], side: int) -> Path:
     index = np.load(folder / "index.npz")
     manifest = json.loads((folder / "manifest.json").read_text())
     shards = [str(folder / s["file"]) for s in manifest["shards"]]
