@@ -155,7 +155,7 @@ def test_packed_cache_is_reused_rebuilt_when_the_source_changes_and_refused_when
     cache = tmp_path / "cache"
     cfg = config(root, "data.storage=stream", f"data.cache={cache}", "data.pack_side=20")
     first = Experiment(cfg, tmp_path / "a")
-    folder = next(cache.iterdir())
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]  # beside it: its .lock file
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["side"] == 20 and manifest["splits"]["train"]["count"] == 32
     assert first.data.sources["train"].packed is not None
