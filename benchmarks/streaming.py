@@ -176,7 +176,7 @@ def pipeline_ltcil(args) -> dict:
     elapsed = time.perf_counter() - start
     data.close()
     return {"pipeline": args.pipeline, "images_per_s": seen / elapsed, "images": len(labels), "shape": list(x.shape),
-            "stats_s": stats_s, "cache_build_s": build_s, "decode_size": data.train_size(spec)}
+            "stats_s": stats_s, "cache_build_s": build_s}
 
 
 class PerSampleFolder:

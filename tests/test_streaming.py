@@ -62,7 +62,7 @@ def test_worker_processes_decode_the_same_batches_ahead(tmp_path):
         order = torch.randperm(len(inline.labels["train"]), generator=torch.Generator().manual_seed(0))
         for k, idx in enumerate(pooled.index_batches(order, 7, shuffle=False, split="train")):
             if k == 0:  # this batch and the next two were submitted before the first was asked for
-                assert [len(a[2]) for a in pooled._ahead] == [7, 7, 7]
+                assert [len(a[1]) for a in pooled._ahead] == [7, 7, 7]
             assert torch.equal(pooled.batch("train", idx)[0], inline.batch("train", idx)[0])
         assert k == 4 and not pooled._ahead
     finally:
@@ -79,21 +79,47 @@ def test_a_streamed_run_is_the_in_memory_run(tmp_path):
         assert streamed[key] == memory[key], key
 
 
-def test_resized_crop_decodes_larger_and_trains_at_the_image_size(tmp_path):
+def test_resized_crops_are_cut_by_the_workers_the_same_whoever_decodes_them(tmp_path):
     from ltcil.data.augment import AugmentSpec
 
     root = jpeg_tree(tmp_path / "tree")
     extra = ["data.storage=stream", "train.resized_crop=true", "train.crop_padding=0"]
-    exp = Experiment(config(root, *extra), tmp_path / "s")
-    aug = AugmentSpec(crop_padding=0, resized_crop=True)
-    assert exp.data.train_size(aug) == 18 and exp.data.train_size(None) == 16  # 16 * 8 / 7, rounded
-    x, _ = exp.data.batch("train", torch.arange(5), aug, torch.Generator().manual_seed(0))
-    assert x.shape == (5, 3, 16, 16)
-    assert exp.run()["completed_tasks"] == 2
-    # a packed cache smaller than that: its images are cropped as they are (one resampling)
-    packed = Experiment(config(root, *extra, f"data.cache={tmp_path / 'cache'}", "data.pack_side=12"), tmp_path / "p")
-    assert packed.data.train_size(aug) == 12 and packed.data.batch("train", torch.arange(5), aug,
-                                                                   torch.Generator())[0].shape == (5, 3, 16, 16)
+    inline = Experiment(config(root, *extra), tmp_path / "a").data
+    pooled = Experiment(config(root, *extra, "data.workers=2"), tmp_path / "b").data
+    aug = AugmentSpec(crop_padding=0, resized_crop=True, crop_scale=(0.2, 1.0))
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(1))
+    try:
+        got = []
+        for data in (inline, pooled):
+            gen = torch.Generator().manual_seed(5)
+            got.append([torch.cat([data.batch("train", idx, aug, gen)[0] for _ in range(2)])  # two views
+                        for idx in data.index_batches(order, 10, gen, shuffle=False, split="train", augment=aug,
+                                                      views=2)])
+        assert all(torch.equal(a, b) for a, b in zip(*got))  # independent of the workers and how far ahead
+        first = got[0][0]
+        assert first.shape == (20, 3, 16, 16) and not torch.equal(first[:10], first[10:])  # the views differ
+        centre = inline.batch("train", order[:10])[0]
+        assert not torch.equal(first[:10], centre)
+        # not announced (a method's own batch): drawn from the generator it is given, reproducibly
+        a = inline.batch("train", order[:4], aug, torch.Generator().manual_seed(9))[0]
+        b = pooled.batch("train", order[:4], aug, torch.Generator().manual_seed(9))[0]
+        assert torch.equal(a, b)
+    finally:
+        pooled.close()
+    assert Experiment(config(root, *extra), tmp_path / "run").run()["completed_tasks"] == 2
+
+
+def test_crop_box_draws_torchvisions_random_resized_crop():
+    from ltcil.data.decode import crop_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, right, bottom = crop_box(400, 300, rng, (0.08, 1.0))
+        w, h = right - left, bottom - top
+        assert 0 <= left and right <= 400 and 0 <= top and bottom <= 300
+        assert 0.08 * 0.99 <= w * h / 120_000 <= 1.0 and 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03
+    # ten failed tries (an area the image cannot hold at that aspect): the centred crop of the widest allowed aspect
+    assert crop_box(1000, 100, np.random.default_rng(0), (1.0, 1.0)) == (433, 0, 566, 100)  # 133 = round(100 * 4 / 3) wide
 
 
 def test_resume_inside_a_task_on_streamed_data(tmp_path):
@@ -265,8 +291,8 @@ def test_a_batch_a_method_asks_for_itself_leaves_the_batches_decoded_ahead(tmp_p
     order = torch.arange(len(data.labels["train"]))
     batches = data.index_batches(order, 8, shuffle=False, split="train")
     first = next(batches)
-    ahead = [a[2] for a in data._ahead]
+    ahead = [a[1] for a in data._ahead]
     data.batch("train", torch.tensor([30, 31]))  # e.g. exemplars drawn by the method within a step
-    assert [a[2] for a in data._ahead] == ahead
+    assert [a[1] for a in data._ahead] == ahead
     data.batch("train", first)
     assert len(data._ahead) == len(ahead) - 1

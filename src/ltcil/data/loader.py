@@ -78,10 +78,12 @@ class BatchSource:
     def index_batches(
         self, indices, batch_size: int, gen: Optional[torch.Generator] = None, shuffle: bool = True,
         training: Optional[bool] = None, split: Optional[str] = None, augment: Optional[AugmentSpec] = None,
+        views: int = 1,
     ) -> Iterator[torch.Tensor]:
-        """Batches of indices. When training (default: when shuffling) a trailing batch of one is dropped:
-        BatchNorm cannot train on it. `split` and `augment` announce what `batch()` will be asked for (streamed
-        data decodes the next batches ahead)."""
+        """Batches of indices (shuffled with `gen` when `shuffle`). When training (default: when shuffling) a
+        trailing batch of one is dropped: BatchNorm cannot train on it. `split`, `augment` and `views` announce
+        what `batch()` will be asked for (streamed data decodes the next batches ahead; its resized crops draw
+        from `gen`)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=gen)]

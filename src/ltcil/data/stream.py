@@ -108,13 +108,16 @@ class DecodePool:
         pool = self._executor()
         return [pool.submit(fn, job) for job in jobs]
 
-    def decode(self, images: StreamedImages, indices: np.ndarray, size: int) -> list[Future]:
-        """Futures of (uint8 images, unreadable) for `indices`, split over the workers."""
+    def decode(self, images: StreamedImages, indices: np.ndarray, size: int, crop: Optional[tuple] = None
+               ) -> list[Future]:
+        """Futures of (uint8 images, unreadable) for `indices`, split over the workers. `crop`: (scale, seed) for
+        random resized crops (decode.decode_job), else short side and centre square."""
         parts = np.array_split(np.asarray(indices), max(1, min(self.workers, len(indices))))
-        jobs = []
+        jobs, first = [], 0
         for part in parts:
             sources, names = images.sources(part)
-            jobs.append((size, sources, names))
+            jobs.append((size, sources, names, None if crop is None else (*crop, first)))
+            first += len(part)
         return self.submit(decode_job, jobs)
 
     def close(self) -> None:

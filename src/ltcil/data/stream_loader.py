@@ -2,15 +2,19 @@
 batches ahead of the training loop; everything after decoding (crop, flip, colour, normalisation) runs batched
 on the device exactly as for device-resident data, with the same generator draws.
 
-Workers do only what must happen per image: decode (Pillow's JPEG draft mode picks a reduced DCT scale), resize
-the short side and centre-crop a square. Evaluation decodes at data.image_size, so its batches equal the
-in-memory path's; training with a resized crop decodes a larger square (8/7 of the size: 256 for 224; a packed
-cache's side when that is smaller) and the device crops it to the image size; training with padded crops decodes at the
-image size, so a streamed run is the in-memory run, bit for bit (tests/test_streaming.py).
+Workers do what must happen per image, where it is cheapest: decode (Pillow's JPEG draft mode picks a reduced DCT
+scale) and resize once. Evaluation, and training with padded crops, decode the short side to data.image_size and
+cut the centre square, so evaluation batches equal the in-memory path's and a padded-crop streamed run is the
+in-memory run, bit for bit (tests/test_streaming.py). Training with a random resized crop (ImageNet) cuts the crop
+from the whole decoded image in the worker, as torchvision draws it, flipped half the time, resampled once to
+the image size; the box and flip come from NumPy generators seeded with (one draw per epoch from the training
+generator, batch, view, position), so they do not depend on the workers or on how far ahead they run, and resume
+gives them again. Colour jitter, grayscale and normalisation stay batched on the device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .augment import AugmentSpec
+from .augment import AugmentSpec, augment_float
 from .base import Dataset
 from .loader import BatchSource, channel_stats
 from .stream import DecodePool, StreamedImages
@@ -47,6 +51,7 @@ class StreamData(BatchSource):
         self.bad_log: Optional[Path] = None  # where the runner wants the list of unreadable images
         self._ahead: deque = deque()  # (split, size, indices, futures) decoded ahead, in the order of batch() calls
         self._last: Optional[tuple] = None  # the last batch handed out (a second view of it decodes nothing)
+        self._crop_last: Optional[tuple] = None  # (split, indices, view) of the last resized-crop batch
         n, size = len(self.sources["train"]), self.image_size
         if n <= STATS_IMAGES:
             # the in-memory path's computation (two passes, chunks of 4096: equal statistics, so equal batches)
@@ -74,26 +79,53 @@ class StreamData(BatchSource):
     def image_size(self) -> int:
         return self.sources["train"].size
 
-    def train_size(self, augment: Optional[AugmentSpec]) -> Optional[int]:
+    def batch(self, split: str, idx: torch.Tensor, augment: Optional[AugmentSpec] = None,
+              gen: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
         if augment is None or not augment.resized_crop:
-            return self.image_size
-        larger = round(self.image_size * 8 / 7)
-        side = self.sources["train"].side  # a packed cache's: the crop resamples its images once, on the device
-        return min(larger, side) if side else larger
+            return super().batch(split, idx, augment, gen)
+        # the random resized crop and its flip were done per image by the workers; the rest batched here
+        idx = idx.cpu()
+        same = self._crop_last is not None and self._crop_last[0] == split and torch.equal(self._crop_last[1], idx)
+        view = self._crop_last[2] + 1 if same else 0  # a second call for the same batch: its next view
+        self._crop_last = (split, idx, view)
+        futures = self._take_ahead((split, "crop", view), idx)
+        if futures is None:  # not announced: crops drawn now from the caller's generator
+            seed = (int(torch.randint(2**62, (1,), generator=gen, device=gen.device)) if gen is not None else 0, view)
+            futures = self.pool.decode(self.sources[split], idx.numpy(), self.image_size, (augment.crop_scale, seed))
+        x = self._decode(split, idx, self.image_size, futures)
+        rest = dataclasses.replace(augment, resized_crop=False, crop_padding=0, flip=False)
+        x = augment_float(x.float().div_(255), rest, gen)
+        return self.finish(x), self.labels[split].index_select(0, idx.to(self.device))
 
-    def index_batches(self, indices, batch_size, gen=None, shuffle=True, training=None, split=None, augment=None):
-        chunks = list(super().index_batches(indices, batch_size, gen, shuffle, training))
+    def index_batches(self, indices, batch_size, gen=None, shuffle=True, training=None, split=None, augment=None,
+                      views: int = 1):
+        chunks = list(super().index_batches(indices, batch_size, gen if shuffle else None, shuffle, training))
         if split is None:  # nothing announced: batch() decodes on demand
             yield from chunks
             return
-        size = self.image_size if augment is None else self.train_size(augment)
+        crop = augment is not None and augment.resized_crop
+        if crop:  # one draw per epoch from the caller's generator; each image's crop from (it, batch, view, position)
+            epoch = int(torch.randint(2**62, (1,), generator=gen, device=gen.device)) if gen is not None else 0
+        jobs = [(k, v) for k in range(len(chunks)) for v in range(views if crop else 1)]
         self._ahead.clear()
+
+        def submit(j: int) -> None:
+            k, v = jobs[j]
+            source, idx = self.sources[split], chunks[k].numpy()
+            if crop:
+                futures = self.pool.decode(source, idx, self.image_size, (augment.crop_scale, (epoch, k, v)))
+                self._ahead.append(((split, "crop", v), chunks[k], futures))
+            else:
+                self._ahead.append(((split, self.image_size), chunks[k], self.pool.decode(source, idx,
+                                                                                          self.image_size)))
+
+        per_chunk = views if crop else 1
         try:
-            for k in range(min(PREFETCH, len(chunks))):
-                self._submit(split, size, chunks[k])
+            for j in range(min(PREFETCH * per_chunk, len(jobs))):
+                submit(j)
             for k, chunk in enumerate(chunks):
-                if k + PREFETCH < len(chunks):
-                    self._submit(split, size, chunks[k + PREFETCH])
+                for j in range((k + PREFETCH) * per_chunk, min((k + PREFETCH + 1) * per_chunk, len(jobs))):
+                    submit(j)
                 yield chunk
         finally:
             for *_, futures in self._ahead:
@@ -101,8 +133,16 @@ class StreamData(BatchSource):
                     f.cancel()
             self._ahead.clear()
 
-    def _submit(self, split: str, size: int, chunk: torch.Tensor) -> None:
-        self._ahead.append((split, size, chunk, self.pool.decode(self.sources[split], chunk.numpy(), size)))
+    def _take_ahead(self, key: tuple, idx: torch.Tensor):
+        """The futures of the batch announced as (key, idx), dropping the announced batches before it (skipped by
+        the caller: torchrun's trailing batch); None, and the queue left as it is, for a batch never announced."""
+        match = next((k for k, (a_key, a_idx, _) in enumerate(self._ahead)
+                      if a_key == key and torch.equal(a_idx, idx)), None)
+        futures = None
+        if match is not None:
+            for _ in range(match + 1):
+                futures = self._ahead.popleft()[2]
+        return futures
 
     def pixels(self, split: str, idx: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
         size = size or self.image_size
@@ -110,13 +150,7 @@ class StreamData(BatchSource):
         last = self._last
         if last is not None and last[:2] == (split, size) and torch.equal(last[2], idx):
             return last[3]
-        futures = None
-        match = next((k for k, (a_split, a_size, a_idx, _) in enumerate(self._ahead)
-                      if (a_split, a_size) == (split, size) and torch.equal(a_idx, idx)), None)
-        if match is not None:  # batches announced before it but skipped by the caller (torchrun's trailing batch)
-            for _ in range(match + 1):  # are dropped; a batch never announced (a method's own) leaves the queue be
-                futures = self._ahead.popleft()[3]
-        x = self._decode(split, idx, size, futures)
+        x = self._decode(split, idx, size, self._take_ahead((split, size), idx))
         self._last = (split, size, idx, x)
         return x
 

@@ -136,8 +136,8 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         steps, seen = 0, 0
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # -1: every loss finite so far
-        for idx in self.data.index_batches(order, stage.settings.batch_size, shuffle=False, training=True,
-                                            split=stage.split, augment=stage.augment):
+        for idx in self.data.index_batches(order, stage.settings.batch_size, dev_gen, shuffle=False, training=True,
+                                            split=stage.split, augment=stage.augment, views=stage.views):
             if world.enabled and len(idx) < 2 * world.size:
                 continue  # a trailing batch too small to give every rank two images (BatchNorm)
             if per_step and steps:
