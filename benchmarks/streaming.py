@@ -5,8 +5,8 @@ Writes an ImageNet-like JPEG tree first (`--classes` x `--per-class` training im
 validation images per class, 300-500 px, smooth content so the JPEGs have realistic sizes), then measures, each
 pipeline in its own process (so peak memory is its own), with the same number of decoding processes:
 
-  stream   ltcil's streamed path from the image files (StreamData: worker processes decode a square of 8/7 the
-           size, random resized crop + flip + normalisation batched after)
+  stream   ltcil's streamed path from the image files (StreamData: worker processes decode and cut the random
+           resized crop (area 0.08-1) + flip per image, resampled once; the batch normalised after)
   packed   the same from the packed cache (short side `--pack-side`), cache build timed first
   dataloader  a conventional reference: torch DataLoader with workers, per sample Pillow decode +
            RandomResizedCrop(224, scale 0.08-1) + flip + to-tensor + normalise, collated
@@ -251,8 +251,8 @@ def run_peak(cmd: list[str], env=None) -> float:
 
 def e2e(args, root: Path, out: Path) -> list[dict]:
     """3 tasks of 10 classes of iCaRL (ResNet-18) at --e2e-size px, in memory and streamed, with the resized crop
-    (streamed decodes 8/7 larger, so not the same pixels) and with padded crops (the same pixels: equal results
-    expected); the streamed resized-crop run again, killed inside task 2 and resumed; a ResNet-18 run at 224 px
+    (streamed: cut from the whole image by the workers; in memory: from the stored square, so not the same
+    pixels) and with padded crops (the same pixels: equal results expected); the streamed resized-crop run again, killed inside task 2 and resumed; a ResNet-18 run at 224 px
     (2 classes, 1 epoch, from the packed cache) for its peak memory."""
     config = str(Path(__file__).parent / "streaming_icarl.yaml")
     per_task = max(1, min(30, args.classes) // 3)

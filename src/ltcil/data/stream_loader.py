@@ -55,21 +55,24 @@ class StreamData(BatchSource):
         n, size = len(self.sources["train"]), self.image_size
         if n <= STATS_IMAGES:
             # the in-memory path's computation (two passes, chunks of 4096: equal statistics, so equal batches)
-            # while a chunk stays small; larger images in chunks of 512
-            chunk = 4096 if size <= 128 else 512
+            # while a chunk stays small; larger images in chunks of 128
+            chunk = 4096 if size <= 128 else 128
             self.mean, self.std = channel_stats(
                 lambda: (self._decode("train", torch.arange(i, min(i + chunk, n)), size) for i in range(0, n, chunk)),
                 device)
-        else:  # an even sample, one pass of float64 sums
+        else:  # an even sample, one pass: float64 sums of chunks of 128 images
             sample = torch.as_tensor(np.linspace(0, n - 1, STATS_IMAGES).round().astype(np.int64))
             total = torch.zeros(2, 3, dtype=torch.float64, device=device)
-            for i in range(0, len(sample), 512):
-                x = self._decode("train", sample[i : i + 512], size).double().div_(255)
-                total += torch.stack([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))])
+            for i in range(0, len(sample), 128):
+                x = torch.cat(self._gather_tensors("train", sample[i : i + 128], size)).float().div_(255)
+                total += torch.stack([x.sum(dim=(0, 1, 2)), (x * x).sum(dim=(0, 1, 2))]).double()
             count = len(sample) * size * size
             mean = total[0] / count
             std = (total[1] / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
             self.mean, self.std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+
+        self._scale = (1 / (255 * self.std)).flatten()  # per channel, for NHWC memory (_normalized)
+        self._shift = (-self.mean / self.std).flatten()
 
     @property
     def in_channels(self) -> int:
@@ -92,10 +95,14 @@ class StreamData(BatchSource):
         if futures is None:  # not announced: crops drawn now from the caller's generator
             seed = (int(torch.randint(2**62, (1,), generator=gen, device=gen.device)) if gen is not None else 0, view)
             futures = self.pool.decode(self.sources[split], idx.numpy(), self.image_size, (augment.crop_scale, seed))
-        x = self._decode(split, idx, self.image_size, futures)
+        y = self.labels[split].index_select(0, idx.to(self.device))
+        parts = self._gather(split, idx, self.image_size, futures)
         rest = dataclasses.replace(augment, resized_crop=False, crop_padding=0, flip=False)
-        x = augment_float(x.float().div_(255), rest, gen)
-        return self.finish(x), self.labels[split].index_select(0, idx.to(self.device))
+        if rest.color_jitter in (0, 0.0) and not rest.hue and not rest.grayscale:  # nothing left but normalising
+            return self._normalized(parts), y
+        images = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        return self.finish(augment_float(x.float().div_(255), rest, gen)), y
 
     def index_batches(self, indices, batch_size, gen=None, shuffle=True, training=None, split=None, augment=None,
                       views: int = 1):
@@ -155,21 +162,46 @@ class StreamData(BatchSource):
         return x
 
     def _decode(self, split: str, idx: torch.Tensor, size: int, futures=None) -> torch.Tensor:
+        """uint8 NCHW (NHWC in memory) on the device."""
+        parts = self._gather(split, idx, size, futures)
+        images = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+
+    def _gather(self, split: str, idx: torch.Tensor, size: int, futures=None) -> list[np.ndarray]:
+        """The workers' uint8 NHWC parts of a batch, unreadable images replaced."""
         if futures is None:
             futures = self.pool.decode(self.sources[split], idx.numpy(), size)
         try:
-            parts = [f.result() for f in futures]
+            results = [f.result() for f in futures]
         except BrokenProcessPool:
             raise DataError(f"a decoding worker process died (out of memory? killed?) while reading the {split} "
                             f"split; fewer data.workers or a smaller data.image_size need less memory.") from None
-        images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         bad, start = [], 0
-        for part_images, part_bad in parts:
+        for part_images, part_bad in results:
             bad.extend((start + i, message) for i, message in part_bad)
             start += len(part_images)
+        parts = [r[0] for r in results]
         if bad:
-            self._replace_bad(split, idx, images, bad)
-        return torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+            parts = [np.concatenate(parts)]
+            self._replace_bad(split, idx, parts[0], bad)
+        return parts
+
+    def _gather_tensors(self, split: str, idx: torch.Tensor, size: int) -> list[torch.Tensor]:
+        """uint8 NHWC parts on the device."""
+        return [torch.from_numpy(p).to(self.device) for p in self._gather(split, idx, size)]
+
+    def _normalized(self, parts: list[np.ndarray]) -> torch.Tensor:
+        """The network's input from uint8 NHWC parts in one pass each over contiguous memory (x * a + b with
+        a = 1 / (255 std), b = -mean / std): on a CPU three times faster than converting the NCHW view."""
+        n, h, w, c = sum(len(p) for p in parts), *parts[0].shape[1:]
+        out = torch.empty((n, h, w, c), device=self.device)
+        start = 0
+        for part in parts:
+            out[start : start + len(part)].copy_(torch.from_numpy(part).to(self.device))
+            start += len(part)
+        out.mul_(self._scale).add_(self._shift)
+        x = out.permute(0, 3, 1, 2)  # NCHW with channels_last strides
+        return x if self.channels_last else x.contiguous()
 
     def _replace_bad(self, split: str, idx: torch.Tensor, images: np.ndarray, bad: list) -> None:
         """An unreadable image is replaced by a readable one of its batch (same class first) and listed; past
