@@ -94,6 +94,19 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
+def tree_peak_rss_gib(pid: int) -> float:
+    """Sum over a process and its descendants of each one's peak resident memory (VmHWM, the kernel's own
+    high-water mark; shared library pages count in every process, so this bounds the simultaneous total)."""
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 2**20
+
+
 def run_measured(cmd: list[str], env=None) -> tuple[dict, float]:
     """Run `cmd` (prints one JSON line last); returns that line and the peak PSS (GiB) of its process tree."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -174,9 +187,10 @@ def pipeline_ltcil(args) -> dict:
         else:
             seen += len(x)
     elapsed = time.perf_counter() - start
+    peak = tree_peak_rss_gib(os.getpid())  # before the workers exit
     data.close()
     return {"pipeline": args.pipeline, "images_per_s": seen / elapsed, "images": len(labels), "shape": list(x.shape),
-            "stats_s": stats_s, "cache_build_s": build_s}
+            "stats_s": stats_s, "cache_build_s": build_s, "peak_rss_gib": peak}
 
 
 class PerSampleFolder:
@@ -226,14 +240,17 @@ def pipeline_dataloader(args) -> dict:
     subset = torch.utils.data.Subset(PerSampleFolder(paths, labels), order.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=args.batch_size, num_workers=args.workers,
                                          persistent_workers=False)
-    seen, start = 0, None
+    seen, start, peak = 0, None, 0.0
     for k, (x, y) in enumerate(loader):
         if k == 0:
             start = time.perf_counter()
         else:
             seen += len(x)
-    return {"pipeline": "dataloader", "images_per_s": seen / (time.perf_counter() - start), "images": len(labels),
-            "shape": list(x.shape)}
+        if k == len(loader) - 1:  # the workers are still alive
+            elapsed = time.perf_counter() - start
+            peak = tree_peak_rss_gib(os.getpid())
+    return {"pipeline": "dataloader", "images_per_s": seen / elapsed, "images": len(labels), "shape": list(x.shape),
+            "peak_rss_gib": peak}
 
 
 # --- end to end ------------------------------------------------------------------------------------------------
@@ -317,7 +334,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cpu", help="where ltcil's pipeline augments (cuda on a GPU machine)")
-    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--pack-side", type=int, default=160)
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16], help="dataset repeats for the memory check")
     ap.add_argument("--e2e", action="store_true", help="also the end-to-end iCaRL runs")
@@ -350,22 +367,24 @@ def main() -> None:
     scale_rows = []
     for repeat in args.scales:
         row, peak = run_measured(child + ["--pipeline", "stream", "--repeat", str(repeat)])
-        scale_rows.append({"repeat": repeat, "images": row["images"], "peak_pss_gib": peak})
+        scale_rows.append({"repeat": repeat, "images": row["images"], "peak_pss_gib": peak,
+                           "peak_rss_gib": row["peak_rss_gib"]})
         print(json.dumps(scale_rows[-1]), flush=True)
     e2e_rows = e2e(args, root, args.work) if args.e2e else []
 
     ref = rows[0]["images_per_s"]
     print(f"\n{args.workers} decoding processes, batch {args.batch_size}, {SIZE} px, {args.batches} batches")
-    print("| pipeline | images/s | vs DataLoader | peak PSS GiB |")
-    print("|---|---|---|---|")
+    print("| pipeline | images/s | vs DataLoader | peak PSS GiB (sampled) | sum of peak RSS GiB |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['pipeline']} | {row['images_per_s']:.1f} | {row['images_per_s'] / ref:.2f}x | "
-              f"{row['peak_pss_gib']:.2f} |")
+              f"{row['peak_pss_gib']:.2f} | {row['peak_rss_gib']:.2f} |")
     if rows[2].get("cache_build_s"):
         print(f"packed cache build: {rows[2]['cache_build_s']:.1f} s for {rows[2]['images']} images")
-    lo, hi = min(r["peak_pss_gib"] for r in scale_rows), max(r["peak_pss_gib"] for r in scale_rows)
-    print("streamed peak PSS by dataset size: " + ", ".join(f"{r['images']:,} images {r['peak_pss_gib']:.3f} GiB"
-                                                             for r in scale_rows) + f" (spread {100 * (hi / lo - 1):.1f}%)")
+    for key in ("peak_pss_gib", "peak_rss_gib"):
+        lo, hi = min(r[key] for r in scale_rows), max(r[key] for r in scale_rows)
+        print(f"streamed {key} by dataset size: " + ", ".join(f"{r['images']:,} images {r[key]:.3f}"
+                                                              for r in scale_rows) + f" (spread {100 * (hi / lo - 1):.1f}%)")
     for row in e2e_rows:
         print(f"e2e {row['e2e']}: accuracy {row['accuracy']} nme {row['nme']} peak PSS {row.get('peak_pss_gib')} GiB")
 
