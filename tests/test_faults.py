@@ -286,3 +286,31 @@ def test_report_escapes_run_names_and_marks_partial_runs(tmp_path):
     _, md = write_report([run], tmp_path / "rep")
     text = md.read_text()
     assert r"a\|b\*\<i\>" in text and "partial: 2 of 3 tasks" in text
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes(tmp_path):
+    """A scheduler's SIGTERM: the interrupted message, exit 130, the run folder's lock released, resumable."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ltcil", "run", *TINY, "train.epochs=40", "train.checkpoint_minutes=1e-9",
+           "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "events.jsonl").exists():
+        time.sleep(0.2)
+    while time.time() < deadline and '"event": "epoch"' not in (run / "events.jsonl").read_text():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    resumed = subprocess.run([sys.executable, "-m", "ltcil", "resume", str(run), "--quiet"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run / "results.json").read_text())["completed_tasks"] == 3

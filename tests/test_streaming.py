@@ -296,3 +296,35 @@ def test_a_batch_a_method_asks_for_itself_leaves_the_batches_decoded_ahead(tmp_p
     assert [a[1] for a in data._ahead] == ahead
     data.batch("train", first)
     assert len(data._ahead) == len(ahead) - 1
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_decoding_processes_die_with_a_killed_training_process(tmp_path, how):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "hold.py"
+    script.write_text(
+        "import sys, time\n"
+        "from ltcil.data.stream import DecodePool\n"
+        "from ltcil.data.decode import decode_job\n"
+        "if __name__ == '__main__':\n"
+        "    pool = DecodePool(2)\n"
+        "    [f.result() for f in pool.submit(decode_job, [(8, [], [], None)] * 2)]\n"
+        "    print(' '.join(str(p) for p in pool._pool._processes), flush=True)\n"
+        "    time.sleep(120)\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "PYTHONPATH": src})
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2 and all(Path(f"/proc/{p}").exists() for p in workers)
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in workers)

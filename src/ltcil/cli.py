@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import textwrap
+import threading
 import warnings
 from pathlib import Path
 
@@ -203,6 +205,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     from .engine import distributed
 
@@ -217,6 +223,10 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
                "sweep": cmd_sweep, "data": cmd_data}[args.command]
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler, torchrun, kill) ends the run as Ctrl-C does: locks, worker processes and the
+        # event log are released on the way out instead of left behind
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = handler(args)
         distributed.teardown()

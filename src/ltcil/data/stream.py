@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from .decode import decode_job
+from .worker_guard import die_with_parent
 
 
 class StreamedImages:
@@ -92,8 +93,8 @@ class DecodePool:
             import multiprocessing
 
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["ltcil.data.decode"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            ctx.set_forkserver_preload(["ltcil.data.forkserver_preload", "ltcil.data.decode"])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=die_with_parent)
         return self._pool
 
     def submit(self, fn, jobs: list) -> list[Future]:
