@@ -115,6 +115,7 @@ class StreamData(BatchSource):
             epoch = int(torch.randint(2**62, (1,), generator=gen, device=gen.device)) if gen is not None else 0
         jobs = [(k, v) for k in range(len(chunks)) for v in range(views if crop else 1)]
         self._ahead.clear()
+        self._crop_last = None  # a new epoch's first batch is view 0 even if it repeats the last one's images
 
         def submit(j: int) -> None:
             k, v = jobs[j]
