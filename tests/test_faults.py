@@ -92,6 +92,36 @@ def test_resume_refuses_a_config_edited_since_the_checkpoint(tmp_path, capsys, e
         assert code == 2 and f"{section}.{key}" in err and "no longer describes the run" in err
 
 
+def test_a_run_from_before_a_config_key_existed_resumes_unless_the_key_is_set_otherwise(tmp_path, capsys):
+    """A checkpoint written by an older ltcil lacks the keys added since: it ran with what their defaults name,
+    so resuming under the new version is the same experiment (a run could not be resumed after an upgrade)."""
+    import torch
+
+    run = tmp_path / "run"
+    run_tiny(run, "method.name=icarl", "scenario.max_tasks=2")
+    ckpt = run / "checkpoints" / "task_000.pt"
+    state = torch.load(ckpt, weights_only=False)
+    for key in ("storage", "pack_side", "stream_above_gb"):
+        del state["config"]["data"][key]
+    del state["config"]["train"]["crop_scale"]
+    torch.save(state, ckpt)
+    (run / "checkpoints" / "task_001.pt").unlink()
+    (run / "results.json").unlink()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["scenario"]["max_tasks"] = 3
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    code, err, _ = cli(capsys, "resume", str(run), "--quiet")
+    assert code == 0, err
+    cfg["train"]["crop_scale"] = [0.5, 1.0]  # not the default the old run had: another experiment
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "checkpoints" / "task_002.pt").unlink()
+    state = torch.load(run / "checkpoints" / "task_001.pt", weights_only=False)
+    del state["config"]["train"]["crop_scale"]
+    torch.save(state, run / "checkpoints" / "task_001.pt")
+    code, err, _ = cli(capsys, "resume", str(run), "--quiet")
+    assert code == 2 and "train.crop_scale: [0.35, 1.0] -> [0.5, 1.0]" in err
+
+
 # --- silently wrong ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override,match", [

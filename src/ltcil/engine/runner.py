@@ -410,6 +410,9 @@ def check_same_experiment(saved: Optional[dict], now: dict, path) -> None:
     if saved is None:  # written before configs were stored in every checkpoint
         return
     old, new = _flat(migrate(saved, warn=False)), _flat(now)
+    # a key the run's version of ltcil did not have yet ran with the behaviour its default now names
+    defaults = _flat(Config().to_dict())
+    old = {**{k: v for k, v in defaults.items() if k not in old and k in new}, **old}
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not any(k == a or k.startswith(a) for a in RESUMABLE_CHANGES)]
     if changed:
