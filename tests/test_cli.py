@@ -36,7 +36,7 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     (out / ".ltcil-run").write_text("")
     (out / "results.json").write_text("{}")
     assert main(["run", "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # the message is wrapped where the path's length puts it
     assert "already holds a run" in err and "ltcil resume" in err
     assert (out / "results.json").read_text() == "{}"
 
