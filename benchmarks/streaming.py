@@ -271,7 +271,8 @@ def run_peak(cmd: list[str], env=None) -> float:
 def e2e(args, root: Path, out: Path) -> list[dict]:
     """3 tasks of 10 classes of iCaRL (ResNet-18) at --e2e-size px, in memory and streamed, with the resized crop
     (streamed: cut from the whole image by the workers; in memory: from the stored square, so not the same
-    pixels) and with padded crops (the same pixels: equal results expected); the streamed resized-crop run again, killed inside task 2 and resumed; a ResNet-18 run at 224 px
+    pixels) and with padded crops (--e2e-padded: the same pixels, equal results expected); the streamed
+    resized-crop run again, killed inside task 2 and resumed; a ResNet-18 run at 224 px
     (2 classes, 1 epoch, from the packed cache) for its peak memory."""
     config = str(Path(__file__).parent / "streaming_icarl.yaml")
     per_task = max(1, min(30, args.classes) // 3)
@@ -387,8 +388,8 @@ def main() -> None:
         print(f"packed cache build: {rows[2]['cache_build_s']:.1f} s for {rows[2]['images']} images")
     for key in ("peak_pss_gib", "peak_rss_gib"):
         lo, hi = min(r[key] for r in scale_rows), max(r[key] for r in scale_rows)
-        print(f"streamed {key} by dataset size: " + ", ".join(f"{r['images']:,} images {r[key]:.3f}"
-                                                              for r in scale_rows) + f" (spread {100 * (hi / lo - 1):.1f}%)")
+        sizes = ", ".join(f"{r['images']:,} images {r[key]:.3f}" for r in scale_rows)
+        print(f"streamed {key} by dataset size: {sizes} (spread {100 * (hi / lo - 1):.1f}%)")
     for row in e2e_rows:
         print(f"e2e {row['e2e']}: accuracy {row['accuracy']} nme {row['nme']} peak PSS {row.get('peak_pss_gib')} GiB")
 

@@ -119,7 +119,8 @@ def test_crop_box_draws_torchvisions_random_resized_crop():
         assert 0 <= left and right <= 400 and 0 <= top and bottom <= 300
         assert 0.08 * 0.99 <= w * h / 120_000 <= 1.0 and 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03
     # ten failed tries (an area the image cannot hold at that aspect): the centred crop of the widest allowed aspect
-    assert crop_box(1000, 100, np.random.default_rng(0), (1.0, 1.0)) == (433, 0, 566, 100)  # 133 = round(100 * 4 / 3) wide
+    # 133 = round(100 * 4 / 3) wide
+    assert crop_box(1000, 100, np.random.default_rng(0), (1.0, 1.0)) == (433, 0, 566, 100)
 
 
 def test_resume_inside_a_task_on_streamed_data(tmp_path):
@@ -221,7 +222,8 @@ def test_the_index_keeps_no_python_object_per_image(tmp_path):
 
 IMAGENET_CONFIGS = ["bic_resnet18_imagenet100_b0inc10", "bic_resnet18_imagenet1000_b0inc100",
                     "icarl_resnet18_imagenet100_b0inc10", "sbcl_resnet50_imagenetlt",
-                    "icarl_resnet18_imagenetsubsetlt_ordered_b50inc10", "lucir_resnet18_imagenetsubsetlt_shuffled_b50inc10",
+                    "icarl_resnet18_imagenetsubsetlt_ordered_b50inc10",
+                    "lucir_resnet18_imagenetsubsetlt_shuffled_b50inc10",
                     "podnet_resnet18_imagenetsubsetlt_ordered_b50inc10"]
 SHORT = {"bic": ["method.bias_epochs=1"], "podnet": ["method.finetune_epochs=1", "method.proxies=1"],
          "lucir": ["method.cbf_epochs=1"],

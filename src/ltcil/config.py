@@ -227,7 +227,8 @@ _NON_NEGATIVE = {
     "train.first_task.epochs", "train.first_task.batch_size", "train.lr", "train.first_task.lr", "train.momentum",
     "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
-    "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed", "eval.few_shot",
+    "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed",
+    "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
