@@ -7,6 +7,9 @@ images, per-sample random crop + flip + normalise in a torch DataLoader with wor
 
 `--compile` measures ltcil's pipeline with the step under each torch.compile mode (reduce-overhead: CUDA graphs);
 `--synthetic N` uses N generated 32 px images instead of the CIFAR-100 archive (a quick check of the script).
+`--floor` adds two rows with no data pipeline at all: the same step on one batch kept on the device (the compute
+floor of any pipeline, ltcil's or a peer's) and the forward pass of a frozen copy in eval mode (what a
+distillation teacher costs per image); `--shortcut pad` measures the parameter-free shortcuts PyCIL's ResNet-32 has.
 Prints one JSON line per pipeline and a table with the ratio. Not run by the test suite.
 """
 
@@ -56,8 +59,8 @@ class PerSampleCifar(torch.utils.data.Dataset):
         return torch.from_numpy(arr.transpose(2, 0, 1).copy()), int(self.labels[i])
 
 
-def make_model(device):
-    model = IncrementalNet(build_backbone(BackboneConfig(name="resnet32"), 3, 32)).to(device)
+def make_model(device, shortcut: str = "conv"):
+    model = IncrementalNet(build_backbone(BackboneConfig(name="resnet32", shortcut=shortcut), 3, 32)).to(device)
     model.head.add_classes(100)
     model.head.to(device)
     return model
@@ -88,6 +91,39 @@ def timed(batches, model, opt, steps: int, warmup: int, device, forward=None) ->
     return done / (time.perf_counter() - start)
 
 
+def compute_floor(args, ds, labels, device, common) -> list[dict]:
+    """The step with no data pipeline (one normalised batch resident on the device, channels_last), and the
+    eval-mode forward of a frozen copy under inference_mode (a distillation teacher's cost)."""
+    torch.manual_seed(0)
+    idx = np.arange(args.batch_size) % len(labels)
+    x = torch.from_numpy(ds.train.images[idx]).to(device).permute(0, 3, 1, 2).float().div(255)
+    x = ((x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True))
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(np.asarray(labels)[idx]).long().to(device)
+    model = make_model(device, args.shortcut).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    steps = args.warmup + args.steps
+    rows = [{"pipeline": "bare step (resident batch)", "workers": 0, "channels_last": True, "compile": "off",
+             "images_per_second": timed(((x, y) for _ in range(steps)), model, opt, args.steps, args.warmup,
+                                        device), **common}]
+    model.eval()
+    with torch.inference_mode():
+        for i in range(steps):
+            if i == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    rows.append({"pipeline": "teacher forward (eval)", "workers": 0, "channels_last": True, "compile": "off",
+                 "images_per_second": args.steps * args.batch_size / (time.perf_counter() - start), **common})
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="../shared/data")
@@ -100,6 +136,9 @@ def main():
     parser.add_argument("--compile", nargs="+", default=["off"], choices=COMPILE_MODES,
                         help="torch.compile modes of ltcil's step to measure (channels_last pipeline)")
     parser.add_argument("--synthetic", type=int, default=0, help="N generated images instead of CIFAR-100")
+    parser.add_argument("--shortcut", choices=("conv", "pad"), default="conv", help="ResNet-32 shortcut type")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure the bare step on one resident batch and a teacher's eval forward")
     args = parser.parse_args()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -124,7 +163,7 @@ def main():
         gen_cpu = torch.Generator().manual_seed(0)
         gen_dev = torch.Generator(device=device).manual_seed(0)
         spec = AugmentSpec(crop_padding=4, flip=True)
-        model = make_model(device)
+        model = make_model(device, args.shortcut)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -144,7 +183,7 @@ def main():
     # Reference: per-sample PIL transforms in a DataLoader.
     for workers in args.workers:
         torch.manual_seed(0)
-        model = make_model(device)
+        model = make_model(device, args.shortcut)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         model.train()
         loader = torch.utils.data.DataLoader(
@@ -156,6 +195,9 @@ def main():
         rows.append({"pipeline": "per-sample PIL DataLoader", "workers": workers, "channels_last": False,
                      "compile": "off", "images_per_second": ips, **common})
         print(json.dumps(rows[-1]), flush=True)
+
+    if args.floor:
+        rows += compute_floor(args, ds, labels, device, common)
 
     best_ref = max(r["images_per_second"] for r in rows if r["pipeline"].startswith("per-sample"))
     print(f"\n{'pipeline':30s} {'compile':>15s} {'workers':>7s} {'images/s':>9s} {'/ best ref':>10s}")

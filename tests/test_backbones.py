@@ -188,3 +188,22 @@ def test_last_relu_off_leaves_negative_features_and_the_rest_unchanged():
     a, b = trunk(with_relu.eval()), trunk(without.eval())
     assert (b < 0).any() and (a >= 0).all()
     assert torch.allclose(torch.relu(b), a)
+
+
+@pytest.mark.parametrize("name", ["resnet32", "resnet18"])
+def test_conv_init_scales_he_normal_by_the_chosen_fan(name):
+    """fan_out (torchvision, PyCIL) vs fan_in (Avalanche's initialize_icarl_net): std sqrt(2 / fan) per conv, so
+    the two differ exactly where a conv changes the width (the stem) and agree where it keeps it."""
+    out, inn = build(name), build(name, conv_init="fan_in")
+    for (label, a), (_, b) in zip(out.named_modules(), inn.named_modules()):
+        if not isinstance(a, torch.nn.Conv2d):
+            continue
+        k = a.kernel_size[0] * a.kernel_size[1]
+        for conv, fan in ((a, k * a.out_channels), (b, k * a.in_channels)):
+            assert conv.weight.std().item() == pytest.approx((2 / fan) ** 0.5, rel=0.25 if conv.weight.numel() < 2000
+                                                             else 0.06), label
+    stem_out, stem_in = (next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)) for net in (out, inn))
+    assert stem_in.weight.std() > 1.8 * stem_out.weight.std()  # 3 -> 16 (or 64) channels
+    with pytest.raises(ConfigError, match="backbone.conv_init"):
+        from ltcil.config import load_config
+        load_config("quickstart_digits", ["backbone.conv_init=fan_avg"])

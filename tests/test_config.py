@@ -35,7 +35,7 @@ def write(tmp_path, text, name="c.yaml"):
         ("train:\n  color_jitter: [0.2, 0, -1]\n", r"train.color_jitter"),
         ("train:\n  color_jitter: .nan\n", r"train.color_jitter: nan is not a finite number"),
         ("backbone:\n  shortcut: identity\n", r"backbone.shortcut: 'identity' is not one of conv, pad"),
-        ("head:\n  init: normal\n", r"head.init: 'normal' is not one of uniform, kaiming_uniform"),
+        ("head:\n  init: normal\n", r"head.init: 'normal' is not one of uniform, kaiming_uniform, kaiming_normal"),
         ("scenario:\n  max_tasks: -1\n", r"scenario.max_tasks: -1 must be >= 0"),
     ],
 )

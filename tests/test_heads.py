@@ -223,3 +223,12 @@ def test_kaiming_uniform_rows_follow_pycils_head_init():
     assert torch.equal(head.bias, torch.zeros(500))
     with pytest.raises(ValueError, match="head init"):
         IncrementalLinear(4, init="normal")
+
+
+def test_kaiming_normal_rows_follow_avalanches_icarl_head_init():
+    torch.manual_seed(0)
+    head = IncrementalLinear(64, num_classes=0, init="kaiming_normal")
+    head.add_classes(400)
+    assert head.weight.std().item() == pytest.approx(1 / 8, rel=0.02)  # N(0, 1 / fan_in)
+    assert abs(head.weight.mean().item()) < 0.002 and head.weight.abs().max() > 3 / 8  # normal, not uniform
+    assert torch.equal(head.bias, torch.zeros(400))

@@ -73,6 +73,8 @@ class BackboneConfig:
     block: str = "basic"  # resnet_cifar: basic | bottleneck
     shortcut: str = "conv"  # resnets: conv (1x1 conv + BN where the shape changes) | pad (parameter-free, option A)
     last_relu: bool = True  # resnets: False ends the last block without its ReLU (LUCIR; iCaRL's and Avalanche's net)
+    conv_init: str = "fan_out"  # resnets: He-normal conv weights scaled by fan_out (torchvision, PyCIL) | fan_in
+    # (Avalanche's initialize_icarl_net)
     norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN) | gn
     norm_groups: int = 4  # cn / gn: groups of the GroupNorm (CCSI's gn_size default)
 
@@ -80,7 +82,7 @@ class BackboneConfig:
 @dataclass
 class HeadConfig:
     init: str = "uniform"  # new rows of the growable linear head: uniform (nn.Linear's default) | kaiming_uniform
-    # (U(+-sqrt(3/fan_in)), bias 0: PyCIL's head)
+    # (U(+-sqrt(3/fan_in)), bias 0: PyCIL's head) | kaiming_normal (N(0, 1/fan_in), bias 0: Avalanche's IcarlNet)
 
 
 @dataclass
@@ -213,7 +215,8 @@ _CHOICES = {
     "train.compile": ("off", "default", "reduce-overhead", "max-autotune", "eager"),
     "backbone.block": ("basic", "bottleneck"),
     "backbone.shortcut": ("conv", "pad"),
-    "head.init": ("uniform", "kaiming_uniform"),
+    "backbone.conv_init": ("fan_out", "fan_in"),
+    "head.init": ("uniform", "kaiming_uniform", "kaiming_normal"),
     "backbone.norm": ("bn", "cn", "gn"),
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
     "two_stage.head": ("new", "all", "none"),

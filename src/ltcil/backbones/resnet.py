@@ -145,6 +145,7 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         shortcut: str = "conv",
         last_relu: bool = True,
+        conv_init: str = "fan_out",
     ):
         super().__init__()
         self.stem = stem
@@ -163,12 +164,15 @@ class ResNet(nn.Module):
         stages[-1][-1].final_relu = last_relu
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
-        self._init_weights(zero_init_residual)
+        self._init_weights(zero_init_residual, conv_init)
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _init_weights(self, zero_init_residual: bool, conv_init: str = "fan_out") -> None:
+        # He et al. 2015 ("Delving Deep into Rectifiers", Sec. 2.2) normal init, std sqrt(2 / fan). torchvision
+        # and PyCIL's cifar_resnet use fan_out; Avalanche's initialize_icarl_net uses fan_in, which differs where
+        # a conv changes the width (the stem's weights 2.3x larger: under BN, a smaller effective step there).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode=conv_init, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -208,6 +212,7 @@ def imagenet_resnet(block: Block, layers: Sequence[int], in_channels: int, image
     small = bool(image_size) and image_size <= SMALL_IMAGE_MAX
     stem = cifar_stem(in_channels, 64) if small else imagenet_stem(in_channels, 64)
     return ResNet(block, layers, (64, 128, 256, 512), stem, stem_width=64, shortcut=cfg.shortcut,
+                  conv_init=cfg.conv_init,
                   last_relu=cfg.last_relu)
 
 

@@ -14,13 +14,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-INITS = ("uniform", "kaiming_uniform")
+INITS = ("uniform", "kaiming_uniform", "kaiming_normal")
 
 
 class IncrementalLinear(nn.Module):
     """logits = x W^T + b over every class added so far; starts with `num_classes` (default 0) rows.
     `init` of new rows: "uniform", nn.Linear's default; "kaiming_uniform", U(+-sqrt(3 / fan_in)) with a zero
-    bias (PyCIL's SimpleLinear)."""
+    bias (PyCIL's SimpleLinear); "kaiming_normal", N(0, 1 / fan_in) with a zero bias (Avalanche's
+    initialize_icarl_net: He-normal with the sigmoid's gain 1)."""
 
     def __init__(self, in_features: int, num_classes: int = 0, bias: bool = True, init: str = "uniform"):
         super().__init__()
@@ -61,10 +62,14 @@ class IncrementalLinear(nn.Module):
 
     def _init_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """nn.Linear's default: kaiming_uniform(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
-        weights and bias; kaiming_uniform with gain 1: U(-sqrt(3/fan_in), sqrt(3/fan_in)), bias 0."""
+        weights and bias; with gain 1 (He et al. 2015, Sec. 2.2): kaiming_uniform U(-sqrt(3/fan_in), sqrt(3/fan_in)),
+        kaiming_normal N(0, 1/fan_in), both with bias 0."""
         fan_in = max(self.in_features, 1)
-        if self.init == "kaiming_uniform":
-            weight.uniform_(-math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
+        if self.init in ("kaiming_uniform", "kaiming_normal"):
+            if self.init == "kaiming_uniform":
+                weight.uniform_(-math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
+            else:
+                weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
             if bias is not None:
                 bias.zero_()
             return
