@@ -59,11 +59,13 @@ def test_avalanche_recipes_build_avalanches_network_and_init():
     icarl = load_config("icarl_resnet32_cifar100_b0inc10_avalanche")
     assert (icarl.backbone.shortcut, icarl.backbone.last_relu, icarl.backbone.conv_init) == ("pad", False, "fan_in")
     assert icarl.head.init == "kaiming_normal"  # initialize_icarl_net also ran on IcarlNet's 100-way classifier
+    assert icarl.data.normalize is False  # ToTensor only: pixels in [0, 1]
     assert (icarl.train.lr, icarl.train.milestones, icarl.train.gamma) == (2.0, [49, 63], 0.2)
     for name in ("finetune", "lwf"):
         cfg = load_config(f"{name}_resnet32_cifar100_b0inc10_avalanche")
         # the same initialised feature extractor; IncrementalClassifier is made after it: nn.Linear's init
         assert (cfg.backbone.conv_init, cfg.head.init, cfg.memory.size) == ("fan_in", "uniform", 0)
+        assert cfg.data.normalize is False
         assert (cfg.train.lr, cfg.train.weight_decay) == (0.1, 2e-4)
 
 

@@ -54,6 +54,26 @@ def test_streamed_eval_batches_equal_the_in_memory_ones(tmp_path):
         assert torch.equal(x_m, x_s) and torch.equal(y_m, y_s)
 
 
+def test_normalize_false_feeds_pixels_in_0_1_from_either_storage(tmp_path):
+    """data.normalize: false (Avalanche's iCaRL baseline): the network sees pixel / 255, in memory and streamed,
+    the streamed resized crop's fused NHWC normalisation included."""
+    from ltcil.data.augment import AugmentSpec
+
+    root = jpeg_tree(tmp_path / "tree")
+    idx = torch.arange(6)
+    for storage in ("memory", "stream"):
+        raw = Experiment(config(root, f"data.storage={storage}", "data.normalize=false"), tmp_path / storage).data
+        std = Experiment(config(root, f"data.storage={storage}"), tmp_path / (storage + "_std")).data
+        pixels = raw.pixels("test", idx).float() / 255
+        assert torch.allclose(raw.batch("test", idx)[0], pixels)
+        assert torch.allclose(std.batch("test", idx)[0], (pixels - std.mean) / std.std, atol=1e-6)
+        assert not torch.allclose(std.batch("test", idx)[0], pixels, atol=0.05)
+        if storage == "stream":
+            aug = AugmentSpec(crop_padding=0, flip=False, resized_crop=True, crop_scale=(1.0, 1.0))
+            x = raw.batch("train", idx, aug, torch.Generator().manual_seed(0))[0]
+            assert 0 <= x.min() and x.max() <= 1 and x.max() > 0.5  # [0, 1], not standardised
+
+
 def test_worker_processes_decode_the_same_batches_ahead(tmp_path):
     root = jpeg_tree(tmp_path / "tree")
     inline = Experiment(config(root, "data.storage=stream"), tmp_path / "a").data

@@ -31,6 +31,8 @@ class DataConfig:
     download: bool = True  # fetch official archives when absent (only CIFAR has an official URL here)
     subset: str = ""  # medmnist: which one (breastmnist, bloodmnist, ...): reads ROOT/<subset>.npz
     image_size: int = 0  # resize once at load (imagelist needs it; 0 keeps the native size)
+    normalize: bool = True  # standardise each channel by the training split's mean and std; false feeds pixels
+    # in [0, 1] as they are (Avalanche's iCaRL baseline)
     train_list: str = ""  # imagelist: "<relpath> <label>" lines, relative to root (empty: class folders)
     val_list: str = ""
     test_list: str = ""

@@ -47,6 +47,11 @@ class BatchSource:
         """The size training images are read at before `augment` (None: the stored size)."""
         return None
 
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise by these per-channel statistics ((1, C, 1, 1), pixel scale [0, 1]) instead: zeros and ones
+        feed the pixels as they are (data.normalize: false)."""
+        self.mean, self.std = mean.to(self.device).view(1, -1, 1, 1), std.to(self.device).view(1, -1, 1, 1)
+
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         x = x_uint8.float().div_(255)
         return self.finish(x)

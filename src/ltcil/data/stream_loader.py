@@ -70,7 +70,10 @@ class StreamData(BatchSource):
             mean = total[0] / count
             std = (total[1] / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
             self.mean, self.std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+        self.set_stats(self.mean, self.std)
 
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().set_stats(mean, std)
         self._scale = (1 / (255 * self.std)).flatten()  # per channel, for NHWC memory (_normalized)
         self._shift = (-self.mean / self.std).flatten()
 

@@ -125,6 +125,8 @@ class Experiment:
             self.data.bad_log = self.run_dir / "unreadable_images.txt"
         else:
             self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
+        if not cfg.data.normalize:
+            self.data.set_stats(torch.zeros(self.data.in_channels), torch.ones(self.data.in_channels))
         self.load_seconds = time.perf_counter() - t0
         if self.progress:
             self.log(f"loaded {len(self.dataset.train):,} training and {len(self.dataset.test):,} test images of "
