@@ -211,6 +211,86 @@ def test_icarl_ce_kd_is_cross_entropy_plus_distillation(tmp_path):
     assert losses["loss"].item() == pytest.approx((ce + kd).item(), rel=1e-5)
 
 
+def test_icarl_bce_unseen_trains_every_scenario_output_and_hands_rows_to_the_head(tmp_path):
+    """The official iCaRL code's (and Avalanche's) BCE: one output per class of the scenario from the start, the
+    not-yet-seen ones trained towards 0; a class's row enters the head as that training left it."""
+    extra = ["method.name=icarl", "method.bce_unseen=true"]
+    exp = Experiment(tiny_config(*extra), tmp_path / "run")
+    method, starts = exp.method, {}
+    begin = method.begin_task
+
+    def spy(task, ctx):
+        begin(task, ctx)
+        starts[task.index] = (method.unseen.weight.detach().clone(), method.unseen.bias.detach().clone(),
+                              method.model.head.weight.detach().clone())
+
+    method.begin_task = spy
+    exp.run()
+    w0, b0, _ = starts[0]
+    assert w0.shape[0] == 6  # every class of the scenario, from the first task
+    for t in (1, 2):
+        w, b, head = starts[t]
+        new = slice(2 * t, 2 * t + 2)
+        assert torch.equal(head[new], w[new])  # the arriving rows come from the block
+        assert not torch.equal(w[new], w0[new])  # ... trained while their classes were unseen
+        assert (b[new] < b0[new]).all()  # towards sigmoid 0: every unseen output's bias went down
+    # the loss after one task (2 classes) as the second begins: 2 old, 2 new and 2 unseen outputs, the unseen
+    # with target 0, the sum divided by batch x 6
+    exp = Experiment(tiny_config(*extra, "scenario.max_tasks=1"), tmp_path / "loss")
+    exp.run()
+    method = exp.method
+    method.teacher, method.old_classes = method.frozen_copy(), 2
+    method.model.head.add_classes(2)
+    method.model.eval()
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 2, 3, 3])
+    with torch.no_grad():
+        loss = method.training_step(x, y)["loss"]
+        feats = method.model.forward_features(x)
+        logits = torch.cat([method.model.head(feats), method.unseen(feats)[:, 4:]], 1)
+        targets = torch.nn.functional.one_hot(y, 6).float()
+        targets[:, :2] = torch.sigmoid(method.teacher(x))
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / (4 * 6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert targets[:, 4:].abs().sum() == 0
+    with pytest.raises(Exception, match="bce_unseen"):
+        from ltcil.engine.runner import check_components
+        check_components(tiny_config("method.name=icarl", "method.bce_unseen=true", "method.loss=ce_kd"))
+
+
+def test_icarl_bce_unseen_resumes_between_tasks_and_inside_one(tmp_path):
+    """The rows of the classes not seen yet are method state: a resumed run ends as the uninterrupted one."""
+    extra = ["method.name=icarl", "method.bce_unseen=true", "train.epochs=2", "train.checkpoint_minutes=1e-9"]
+    full = run_tiny(tmp_path / "full", *extra)
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", crashed)
+    (crashed / "checkpoints" / "task_002.pt").unlink()
+    (crashed / "results.json").unlink()
+    exp = Experiment(tiny_config(*extra), crashed)
+    assert exp.restore() and exp.next_task == 2
+    assert exp.run()["accuracy_matrix"] == full["accuracy_matrix"]
+
+    class Stop(Exception):
+        pass
+
+    stopped = Experiment(tiny_config(*extra), tmp_path / "stopped")
+    original, calls = stopped.method.begin_epoch, [0]
+
+    def begin_epoch(epoch, epochs, ctx=None):
+        calls[0] += 1
+        if calls[0] == 4:  # task 2, before its second epoch
+            raise Stop
+        original(epoch, epochs, ctx)
+
+    stopped.method.begin_epoch = begin_epoch
+    with pytest.raises(Stop):
+        stopped.run()
+    resumed = Experiment(tiny_config(*extra), tmp_path / "stopped")
+    assert resumed.restore() and resumed.next_task == 1 and resumed.partial is not None
+    got = resumed.run()
+    for key in ("accuracy_matrix", "accuracy_nme", "accuracy_linear"):
+        assert got[key] == full[key], key
+
+
 def test_icarl_and_lwf_bce_refuse_a_train_loss_they_would_ignore():
     from ltcil.errors import ConfigError
     from ltcil.engine.runner import check_components

@@ -60,6 +60,7 @@ def test_avalanche_recipes_build_avalanches_network_and_init():
     assert (icarl.backbone.shortcut, icarl.backbone.last_relu, icarl.backbone.conv_init) == ("pad", False, "fan_in")
     assert icarl.head.init == "kaiming_normal"  # initialize_icarl_net also ran on IcarlNet's 100-way classifier
     assert icarl.data.normalize is False  # ToTensor only: pixels in [0, 1]
+    assert icarl.method == {"name": "icarl", "bce_unseen": True}  # IcarlNet's 100 outputs are all in its BCE
     assert (icarl.train.lr, icarl.train.milestones, icarl.train.gamma) == (2.0, [49, 63], 0.2)
     for name in ("finetune", "lwf"):
         cfg = load_config(f"{name}_resnet32_cifar100_b0inc10_avalanche")
