@@ -148,3 +148,47 @@ def test_the_first_task_takes_its_own_settings(tmp_path):
               if json.loads(line)["event"] == "epoch"]
     assert [(e["task"], e["lr"]) for e in epochs] == [(0, 0.02)] * 3 + [(1, 0.05)]
     assert results["completed_tasks"] == 2
+
+
+def test_the_training_loop_is_the_textbook_pytorch_loop(tmp_path):
+    """Given the same initial weights and the same batches, ltcil's loop ends at the weights (and BatchNorm
+    statistics) of the plain loop every peer toolkit runs: SGD with momentum and weight decay, the lr stepped per
+    epoch at the milestones, CE over the seen classes, BatchNorm in train mode. What differs between toolkits
+    is then only the data (which batches, which augmentation draws) and the initial weights."""
+    import copy
+
+    cfg = tiny_config("method.name=finetune", "memory.size=0", "scenario.max_tasks=1", "train.epochs=3",
+                      "train.schedule=step", "train.milestones=[1, 2]", "train.gamma=0.1", "train.momentum=0.9",
+                      "train.weight_decay=5e-4", "train.lr=0.05", "backbone.name=resnet20")
+    exp = Experiment(cfg, tmp_path / "run")
+    method, batches, start = exp.method, [], {}
+    step = method.training_step
+
+    def recording_step(x, y):
+        if not batches:
+            start["model"] = copy.deepcopy(method.model)  # after begin_task grew the head, before any update
+        batches.append((x.detach().clone(), y.clone()))
+        return step(x, y)
+
+    method.training_step = recording_step
+    exp.run()
+    per_epoch = len(batches) // 3
+    assert per_epoch * 3 == len(batches) and per_epoch >= 3  # 48 images in batches of 16, every epoch
+    ref = start["model"]
+    initial = copy.deepcopy(ref.state_dict())
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[1, 2], gamma=0.1)
+    ref.train()
+    for epoch in range(3):
+        for x, y in batches[epoch * per_epoch:(epoch + 1) * per_epoch]:
+            loss = torch.nn.functional.cross_entropy(ref(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    got, want = method.model.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys()
+    moved = max((want[k].float() - initial[k].float()).abs().max().item() for k in want)
+    assert moved > 1e-2  # the loop did train
+    for key in want:
+        assert torch.allclose(got[key].float(), want[key].float(), atol=1e-5, rtol=1e-4), key
