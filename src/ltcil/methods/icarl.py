@@ -55,7 +55,7 @@ class ICaRL(TeacherMethod):
 
     def begin_task(self, task, ctx):
         super().begin_task(task, ctx)
-        if not self.options.bce_unseen:
+        if not getattr(self.options, "bce_unseen", False):  # LUCIR and PODNet inherit this without the option
             return
         if self.unseen is None:
             self.unseen = IncrementalLinear(self.model.backbone.num_features, ctx.scenario.num_classes,
