@@ -169,7 +169,7 @@ class ResNet(nn.Module):
     def _init_weights(self, zero_init_residual: bool, conv_init: str = "fan_out") -> None:
         # He et al. 2015 ("Delving Deep into Rectifiers", Sec. 2.2) normal init, std sqrt(2 / fan). torchvision
         # and PyCIL's cifar_resnet use fan_out; Avalanche's initialize_icarl_net uses fan_in, which differs where
-        # a conv changes the width (the stem's weights 2.3x larger: under BN, a smaller effective step there).
+        # a conv changes the width (the CIFAR stem's weights 2.3x larger: under BN, a smaller effective step there).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode=conv_init, nonlinearity="relu")
