@@ -162,6 +162,15 @@ def test_dry_run_prints_both_commands_and_runs_nothing(tmp_path, capsys):
     assert not any((tmp_path / "out").iterdir())
 
 
+def test_peer_models_are_saved_beside_the_peer_result_on_request(tmp_path, capsys):
+    harness.main(["--peer", "pycil", "--methods", "wa", "--seed-list", "1", "--epochs", "5", "--tasks", "4",
+                  "--out", str(tmp_path / "out"), "--dry-run", "--save-peer-models"])
+    out = capsys.readouterr().out
+    assert f"--save-models {tmp_path / 'out' / 'pycil_wa_s1_e5_t4_ms_models'}" in out
+    with pytest.raises(SystemExit):  # the Avalanche adapter keeps no models
+        harness.parse_args(["--peer", "avalanche", "--only", "ltcil", "--out", str(tmp_path), "--save-peer-models"])
+
+
 def test_stored_records_are_reused(tmp_path, capsys):
     out, checkout = tmp_path / "out", tmp_path / "pycil"
     out.mkdir()

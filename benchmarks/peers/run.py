@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--milestones", choices=("scaled", "full"), default="scaled",
                    help="scaled: the recipe's lr milestones at the same fractions of the short schedule, on both "
                         "sides (default); full: as written, so a short schedule runs at the initial lr")
+    p.add_argument("--save-peer-models", action="store_true",
+                   help="PyCIL: keep its network after each task in --out/pycil_<run>_models/task_NNN.pt, for "
+                        "shared_start.py")
     p.add_argument("--only", choices=("both", "peer", "ltcil"), default="both")
     p.add_argument("--rerun", action="store_true", help="run again even where a result is stored")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -59,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seed_values = recipes.seed_list(args.seeds, args.seed_list)
     except (KeyError, ValueError) as exc:
         p.error(str(exc).strip("'\""))
+    if args.save_peer_models and args.peer != "pycil":
+        p.error("--save-peer-models: only the PyCIL adapter saves its models")
     if args.epochs < 1:
         p.error(f"--epochs: {args.epochs} must be >= 1")
     if args.tasks < 0 or args.tasks > 10:
@@ -77,6 +82,8 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
            "--out", str(out_json)]
     if args.peer == "pycil":
         cmd += ["--pycil", str(args.pycil)]
+    if args.save_peer_models:
+        cmd += ["--save-models", str(out_json.with_name(out_json.stem + "_models"))]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.milestones == "scaled":
