@@ -528,6 +528,76 @@ def test_lsc_and_nca_by_hand():
     assert loss.item() == pytest.approx(manual, abs=1e-6)
 
 
+def test_nca_released_form_is_the_released_codes_stabilised_loss():
+    # the released PODNet code and PyCIL's podnet.py shift by the row's largest logit and zero the target's slot
+    # of the denominator, so exp(max) stays in the sum: the cross-entropy when the target leads
+    from ltcil.methods.podnet import nca_loss
+
+    gen = torch.Generator().manual_seed(3)
+    sims = torch.rand(5, 4, generator=gen) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3, 1])
+    eta, delta = torch.tensor(3.0), 0.2
+
+    def by_hand(row, t):
+        z = eta.item() * row.clone()
+        z[t] -= delta
+        z = z - z.max()
+        denominator = z.clone()
+        denominator[t] = 0.0  # the target's slot becomes exp(0) = exp(max - max)
+        return float(torch.log(torch.exp(denominator).sum()) - z[t])
+
+    expected = sum(by_hand(sims[i], int(y[i])) for i in range(5)) / 5
+    assert nca_loss(sims, y, eta, delta, hinge=False, form="released").item() == pytest.approx(expected, rel=1e-5)
+    leading = torch.tensor([[0.9, 0.1, -0.3, 0.2]])
+    ce = torch.nn.functional.cross_entropy(eta * leading, torch.tensor([0]))
+    assert nca_loss(leading, torch.tensor([0]), eta, 0.0, hinge=False, form="released").item() == pytest.approx(
+        ce.item(), rel=1e-6)
+    paper = nca_loss(leading, torch.tensor([0]), eta, 0.0, hinge=False)
+    assert paper.item() < 0 < ce.item()  # the paper's form, without the hinge, keeps falling below 0
+
+
+def test_podnet_pycil_options_keep_random_proxies_and_fine_tune_on_the_old_quota(tmp_path):
+    # PyCIL's podnet.py: no imprinting of the new proxies; the balanced set holds memory // old classes
+    # exemplars of every class (herded before the fine-tuning), the memory is chosen after it
+    from ltcil.heads.lsc import LSCHead
+
+    imprinted = []
+    real_imprint = LSCHead.imprint_proxies
+
+    def counting_imprint(head, *a, **k):
+        imprinted.append(True)
+        return real_imprint(head, *a, **k)
+
+    def run(run_dir, *options):
+        exp = Experiment(tiny_config(*METHOD_OVERRIDES["podnet"], "method.name=podnet", "memory.size=12",
+                                     *options), run_dir)
+        seen = {}
+        original = exp.method.balanced_finetuning
+
+        def spy(ctx, indices):
+            memory_now = sorted(len(v) for v in exp.method.memory.exemplars.values())
+            seen[exp.method.old_classes] = (torch.bincount(ctx.data.labels["train"][torch.as_tensor(indices)]).tolist(),
+                                            memory_now)
+            return original(ctx, indices)
+
+        exp.method.balanced_finetuning = spy
+        imprinted.clear()
+        results = exp.run()
+        assert len(results["accuracy"]) == 3
+        return seen, sorted(len(v) for v in exp.method.memory.exemplars.values()), len(imprinted)
+
+    LSCHead.imprint_proxies = counting_imprint
+    try:
+        pycil = run(tmp_path / "pycil", "method.imprint=false", "method.finetune_set=old_quota")
+        default = run(tmp_path / "default")
+    finally:
+        LSCHead.imprint_proxies = real_imprint
+    # 12 // 2 and 12 // 4 of every class, while the memory still holds the previous task's choice
+    assert pycil[0] == {2: ([6, 6, 6, 6], [6, 6]), 4: ([3] * 6, [3] * 4)} and pycil[1] == [2] * 6 and pycil[2] == 0
+    # the default fine-tunes on the memory as updated for the task and imprints the proxies of tasks 2 and 3
+    assert default[0] == {2: ([3] * 4, [3] * 4), 4: ([2] * 6, [2] * 6)} and default[1] == [2] * 6 and default[2] == 2
+
+
 def test_lsc_learned_scale_grows_while_the_classes_separate():
     # the margin sits outside the learned eta (released code): with it inside, d loss / d eta > 0 until the
     # classes are delta apart in cosine, eta went negative and the LSC inverted (25.6% on digits, NME 95%)

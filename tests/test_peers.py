@@ -55,6 +55,17 @@ def test_pycil_icarl_recipe_sets_pycils_choices():
     assert lwf.method["ce_classes"] == "new" and lwf.method["lamb"] == 3.0 and lwf.memory.size == 0
 
 
+def test_pycil_podnet_recipe_sets_pycils_choices():
+    # PyCIL models/podnet.py: released NCA form with no effective margin, no hinge, no proxy imprinting, the
+    # fine-tuning set of memory // old classes per class, cosine lr stepped per epoch, NME without flip
+    cfg = load_config("podnet_resnet32_cifar100_b0inc10_pycil")
+    m = cfg.method
+    assert (m["nca_form"], m["margin"], m["hinge"], m["imprint"]) == ("released", 0.0, False, False)
+    assert (m["finetune_set"], m["finetune_epochs"], m["finetune_lr"], m["nme_flip"]) == ("old_quota", 20, 0.005, False)
+    assert (m["lambda_spatial"], m["lambda_flat"], m["proxies"]) == (5.0, 1.0, 10)
+    assert (cfg.train.schedule, cfg.train.schedule_unit, cfg.backbone.last_relu) == ("cosine", "epoch", False)
+
+
 def test_avalanche_recipes_build_avalanches_network_and_init():
     icarl = load_config("icarl_resnet32_cifar100_b0inc10_avalanche")
     assert (icarl.backbone.shortcut, icarl.backbone.last_relu, icarl.backbone.conv_init) == ("pad", False, "fan_in")

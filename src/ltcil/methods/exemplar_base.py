@@ -31,14 +31,16 @@ class ReplayMethod(Method):
     def end_task(self, task, ctx):
         self.update_memory(task, ctx)
 
-    def update_memory(self, task, ctx) -> None:
-        """Select exemplars of the task's classes with the current model (iCaRL Alg. 3-5)."""
-        if self.memory is None or not self.memory.enabled:
+    def update_memory(self, task, ctx, memory=None, stream: int = 17) -> None:
+        """Select exemplars of the task's classes with the current model (iCaRL Alg. 3-5), into the method's
+        memory or into `memory` (another selection, e.g. a fine-tuning set; `stream` seeds its random choices)."""
+        memory = self.memory if memory is None else memory
+        if memory is None or not memory.enabled:
             return
         labels = ctx.data.labels["train"].cpu().numpy()
         per_class = {int(c): task.train_indices[labels[task.train_indices] == c] for c in task.classes}
-        rng = np.random.default_rng([self.cfg.seed, task.index, 17])
-        self.memory.update(per_class, lambda idx: ctx.features(self.model, idx)[0], rng)
+        rng = np.random.default_rng([self.cfg.seed, task.index, stream])
+        memory.update(per_class, lambda idx: ctx.features(self.model, idx)[0], rng)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..heads.lsc import LSCHead
+from ..memory import ExemplarMemory
 from ..registry import register_method
 from .base import IncrementalNet
 from .icarl import ICaRL
@@ -33,7 +35,7 @@ def pod_spatial(old_maps: list, new_maps: list) -> torch.Tensor:
 
 
 def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, margin: float,
-             hinge: bool = True) -> torch.Tensor:
+             hinge: bool = True, form: str = "paper") -> torch.Tensor:
     """Eq. 7, [-log(exp(eta s_y - delta) / sum_{i != y} exp(eta s_i))]_+, averaged over the batch (without the
     hinge with `hinge=False`, as PyCIL's podnet.py, whose margin also cancels out: margin 0 there).
 
@@ -41,12 +43,26 @@ def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, m
     incremental_learning.pytorch, losses nca after the learned_scaling postprocessor), not inside it as Eq. 7
     writes eta (s_y - delta): with eta inside, d loss / d eta = E_softmax[s_i] - s_y + delta stays positive until
     the classes are delta apart in cosine, so the learned eta shrinks through zero and the classifier inverts
-    (measured on digits: eta -0.3, LSC 25.6% against the NME's 95% on the first task)."""
+    (measured on digits: eta -0.3, LSC 25.6% against the NME's 95% on the first task).
+
+    form "released": the released code's stabilised form, which PyCIL's podnet.py keeps: after subtracting the
+    row's largest logit it sets the target's slot of the denominator to 0 instead of removing it, so
+    exp(max logit) joins the sum over the other classes. That is the plain cross-entropy whenever the target
+    has the largest logit, and the loss never falls below 0; the paper's form keeps falling (without the hinge)
+    as the target pulls ahead."""
     logits = scale * similarities
     target = logits.gather(1, y.unsqueeze(1)).squeeze(1) - margin
-    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    is_target = F.one_hot(y, logits.shape[1]).bool()
+    others = logits.masked_fill(is_target, float("-inf"))
+    if form == "released":
+        largest = torch.maximum(others.max(dim=1).values, target)
+        others = torch.cat([others, largest.unsqueeze(1)], dim=1)
     loss = torch.logsumexp(others, dim=1) - target
     return (F.relu(loss) if hinge else loss).mean()
+
+
+NCA_FORMS = ("paper", "released")
+FINETUNE_SETS = ("memory", "old_quota")
 
 
 @dataclass
@@ -59,6 +75,13 @@ class PODNetOptions:
     nme_flip: bool = True
     finetune_epochs: int = 20  # Sec. 4.1: balanced fine-tuning on the exemplars (0: off)
     finetune_lr: float = 0.005
+    # "memory": fine-tune on the exemplar memory as updated for this task (size / seen classes each);
+    # "old_quota": PyCIL's podnet.py, on each old class's exemplars as they stand (size / old classes each) and
+    # as many of each new class, herded before the fine-tuning; the memory is chosen after it
+    finetune_set: str = "memory"
+    nca_form: str = "paper"  # "released": the released code's (and PyCIL's) stabilised NCA, see nca_loss
+    imprint: bool = True  # new classes' proxies from k-means of their features (False: the head's random init,
+    # as PyCIL's podnet.py)
 
 
 @register_method("podnet")
@@ -75,6 +98,11 @@ class PODNet(ICaRL):
     def check(cls, options, cfg):
         if options.proxies < 1 or options.finetune_epochs < 0:
             raise ConfigError("method.proxies must be >= 1 and method.finetune_epochs >= 0.")
+        if options.nca_form not in NCA_FORMS:
+            raise ConfigError(f"method.nca_form: {options.nca_form!r} is not one of {', '.join(NCA_FORMS)}.")
+        if options.finetune_set not in FINETUNE_SETS:
+            raise ConfigError(f"method.finetune_set: {options.finetune_set!r} is not one of "
+                              f"{', '.join(FINETUNE_SETS)}.")
 
     def __init__(self, model, options, cfg, device, **kwargs):
         super().__init__(model, options, cfg, device, **kwargs)
@@ -88,7 +116,7 @@ class PODNet(ICaRL):
         head = self.model.head
         head.frozen = self.old_classes * head.proxies  # the old classes' proxies stay (lr 0 in the released code)
         self.factor = math.sqrt(self.model.num_classes / task.num_classes) if task.index > 0 else 0.0
-        if task.index > 0:
+        if task.index > 0 and self.options.imprint:
             feats, labels = ctx.features(self.model, task.train_indices)
             head.imprint_proxies(task.classes.tolist(), feats, labels, ctx.gens[0])
 
@@ -96,7 +124,7 @@ class PODNet(ICaRL):
         o = self.options
         maps, feats = self.model.backbone.forward_maps(x)
         head = self.model.head
-        lsc = nca_loss(head.class_similarities(feats), y, head.sigma, o.margin, o.hinge)
+        lsc = nca_loss(head.class_similarities(feats), y, head.sigma, o.margin, o.hinge, o.nca_form)
         losses = {"lsc": lsc}
         loss = lsc
         if self.teacher is not None:
@@ -109,16 +137,31 @@ class PODNet(ICaRL):
         return losses
 
     def end_task(self, task, ctx):
-        self.update_memory(task, ctx)
-        if task.index > 0 and self.options.finetune_epochs:
-            self.balanced_finetuning(ctx)
+        finetune = task.index > 0 and self.options.finetune_epochs
+        if finetune and self.options.finetune_set == "old_quota":
+            self.balanced_finetuning(ctx, self.old_quota_set(task, ctx))
+            self.update_memory(task, ctx)
+        else:
+            self.update_memory(task, ctx)
+            if finetune:
+                self.balanced_finetuning(ctx, self.memory.indices())
         self.model.head.frozen = 0
         self.class_means = self.exemplar_means(ctx)
 
-    def balanced_finetuning(self, ctx) -> None:
-        """Sec. 4.1 (and PyCIL's podnet.py): the network, its old proxies fixed, on the exemplars only (a balanced
-        set), with the training loss, at a small lr with cosine decay."""
+    def old_quota_set(self, task, ctx) -> np.ndarray:
+        """PyCIL's podnet.py fine-tuning set: quota = memory size // old classes (or memory.per_class); each old
+        class's first `quota` exemplars and `quota` of each new class, chosen by the memory's selection with the
+        model as trained."""
+        quota = self.memory.per_class or self.memory.total // max(self.old_classes, 1)
+        subset = ExemplarMemory(per_class=quota, selection=self.memory.selection)
+        subset.exemplars = {c: v[:quota] for c, v in self.memory.exemplars.items()}
+        self.update_memory(task, ctx, memory=subset, stream=18)
+        return subset.indices()
+
+    def balanced_finetuning(self, ctx, indices: np.ndarray) -> None:
+        """Sec. 4.1 (and PyCIL's podnet.py): the network, its old proxies fixed, on a class-balanced set of
+        exemplars, with the training loss, at a small lr with cosine decay."""
         stage = ctx.stage(schedule="cosine", warmup_epochs=0, sampler="instance")
-        ctx.fit(self.training_step, self.trainable_parameters(), self.memory.indices(), stage,
+        ctx.fit(self.training_step, self.trainable_parameters(), indices, stage,
                 epochs=self.options.finetune_epochs, lr=self.options.finetune_lr, name="balanced fine-tuning",
                 modules=[self.model])
