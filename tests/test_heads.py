@@ -232,3 +232,21 @@ def test_kaiming_normal_rows_follow_avalanches_icarl_head_init():
     assert head.weight.std().item() == pytest.approx(1 / 8, rel=0.02)  # N(0, 1 / fan_in)
     assert abs(head.weight.mean().item()) < 0.002 and head.weight.abs().max() > 3 / 8  # normal, not uniform
     assert torch.equal(head.bias, torch.zeros(400))
+
+
+def test_lsc_growth_keeps_every_proxy_of_the_old_classes():
+    # A head with K rows per class must copy all K * classes old rows when it grows: copying only `num_classes`
+    # rows re-drew the proxies of PODNet's old classes at every task (found by the PyCIL parity run: the LSC's
+    # old-class accuracy fell to 16% where PyCIL's kept 44%, the NME agreeing within 0.5).
+    from ltcil.heads.lsc import LSCHead
+
+    head = LSCHead(8, proxies=3, num_classes=2)
+    x = torch.randn(5, 8)
+    old_rows, old_logits = head.weight.detach().clone(), head(x).detach()
+    head.add_classes(2)
+    assert head.weight.shape == (12, 8) and head.num_classes == 4
+    assert torch.equal(head.weight[:6].detach(), old_rows)
+    torch.testing.assert_close(head(x)[:, :2].detach(), old_logits, rtol=0, atol=1e-6)
+    fresh = LSCHead(8, proxies=3)
+    fresh.load_state_dict(head.state_dict())
+    assert fresh.num_classes == 4 and torch.equal(fresh.weight, head.weight)

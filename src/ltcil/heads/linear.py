@@ -46,8 +46,9 @@ class IncrementalLinear(nn.Module):
             self._resize(self.num_classes + n)
 
     def _resize(self, n: int) -> None:
-        # The new tensors inherit device, dtype and requires_grad from the current ones.
-        keep = min(n, self.num_classes)
+        # The new tensors inherit device, dtype and requires_grad from the current ones. `n` and `keep` count
+        # rows: a head with several rows per class (LSCHead's proxies) keeps all of them.
+        keep = min(n, self.weight.shape[0])
         with torch.no_grad():
             weight = self.weight.new_empty(n, self.in_features)
             weight[:keep] = self.weight[:keep]
@@ -84,7 +85,7 @@ class IncrementalLinear(nn.Module):
         # it is nested in a bigger model. A wrong in_features is left for the default shape check to report.
         stored = state_dict.get(prefix + "weight")
         if isinstance(stored, torch.Tensor) and stored.dim() == 2 and stored.shape[1] == self.in_features:
-            if stored.shape[0] != self.num_classes:
+            if stored.shape[0] != self.weight.shape[0]:
                 self._resize(stored.shape[0])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
