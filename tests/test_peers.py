@@ -221,6 +221,36 @@ def test_shared_start_maps_a_peer_state_by_position_kind_and_shape():
         shared_start.map_state(dict(list(peer.items())[:4]), ours)
 
 
+def test_shared_start_maps_pycils_dernet_after_the_first_task_onto_ltcils_der(tmp_path):
+    """PyCIL's DERNet after task 0 holds its extractor (with resnet32's unused standalone `fc`), the classifier and
+    the auxiliary classifier, which ltcil's DER makes only from the second task on: the unused entries are
+    skipped and everything else lands on ltcil's DER network."""
+    import torch
+    from helpers import tiny_config
+
+    import shared_start
+    from ltcil.engine.runner import Experiment
+
+    Experiment(tiny_config("method.name=der", "scenario.max_tasks=1"), tmp_path / "run").run()
+    ours = torch.load(tmp_path / "run" / "checkpoints" / "task_000.pt", weights_only=True)["method"]["model"]
+    assert not any(k.startswith("aux.") for k in ours)
+    peer = {}
+    for i, (k, v) in enumerate(ours.items()):
+        if k.startswith("head.") and "convnets.0.fc.weight" not in peer:
+            peer["convnets.0.fc.weight"] = torch.zeros(10, 3)
+            peer["convnets.0.fc.bias"] = torch.zeros(10)
+        name = k.replace("backbones.0.", "convnets.0.").replace("head.", "fc.")
+        peer[name] = v + i + 1 if v.is_floating_point() else v
+    peer["aux_fc.weight"], peer["aux_fc.bias"] = torch.zeros(3, 8), torch.zeros(3)
+    mapped = shared_start.map_state(peer, ours)
+    assert list(mapped) == list(ours)
+    for i, (k, v) in enumerate(ours.items()):
+        if v.is_floating_point():
+            assert torch.equal(mapped[k], v + i + 1), k
+    with pytest.raises(SystemExit, match="not the same network"):  # a second extractor is not skipped
+        shared_start.map_state({**peer, "convnets.1.stage_1.0.conv_a.weight": torch.zeros(1)}, ours)
+
+
 def test_shared_start_chooses_the_memory_again_with_the_model_it_was_given(tmp_path):
     """iCaRL's shared start: with the checkpoint's own model, choosing again gives the memory the task chose; with
     other weights, another memory and other class means."""

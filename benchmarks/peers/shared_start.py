@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -33,14 +34,16 @@ def kind(key: str) -> str:
     return key.rsplit(".", 1)[-1]
 
 
-# PyCIL's resnet32 keeps the classifier of its standalone form, which IncrementalNet never calls (it reads the
-# features and applies its own `fc`)
-PEER_UNUSED = ("convnet.fc.",)
+# Peer entries no ltcil network holds: PyCIL's resnet32 keeps the classifier of its standalone form, which
+# IncrementalNet and DERNet never call (they read the features and apply their own `fc`: `convnet.fc.`,
+# `convnets.<i>.fc.`); DERNet's auxiliary classifier `aux_fc` is made anew at each task's start, as ltcil's DER
+# makes its `aux` (which it does not have after the first task).
+PEER_UNUSED = re.compile(r"^(convnet\.fc\.|convnets\.\d+\.fc\.|aux_fc\.)")
 
 
 def map_state(peer: dict, ours: dict) -> dict:
     """`ours` with every tensor replaced by the peer's tensor in the same position (same kind, same shape)."""
-    peer = {k: v for k, v in peer.items() if not k.startswith(PEER_UNUSED)}
+    peer = {k: v for k, v in peer.items() if not PEER_UNUSED.match(k)}
     if len(peer) != len(ours):
         raise SystemExit(f"the peer model has {len(peer)} entries, ltcil's {len(ours)}: not the same network")
     out = {}
