@@ -66,6 +66,20 @@ def test_pycil_podnet_recipe_sets_pycils_choices():
     assert (cfg.train.schedule, cfg.train.schedule_unit, cfg.backbone.last_relu) == ("cosine", "epoch", False)
 
 
+@pytest.mark.parametrize("method", ["finetune", "lwf", "icarl", "bic", "wa", "der", "podnet"])
+def test_pycil_recipes_build_the_network_pycil_builds(method):
+    """PyCIL's exps/<method>.json names the extractor: resnet32 (convs/cifar_resnet.py, option A shortcuts:
+    463,504 parameters, 186 state entries without its unused fc) for all but PODNet, whose cosine_resnet32
+    (convs/ucir_cifar_resnet.py) has 1x1 conv + BN shortcuts (466,256 and 198) and no ReLU after the last
+    block; counted from PyCIL at commit 87cc411. shared_start.py maps the two entry by entry."""
+    from ltcil.backbones import build_backbone
+
+    cfg = load_config(f"{method}_resnet32_cifar100_b0inc10_pycil")
+    net = build_backbone(cfg.backbone, 3, 32)
+    expected = (466_256, 198, False) if method == "podnet" else (463_504, 186, True)
+    assert (sum(p.numel() for p in net.parameters()), len(net.state_dict()), cfg.backbone.last_relu) == expected
+
+
 def test_avalanche_recipes_build_avalanches_network_and_init():
     icarl = load_config("icarl_resnet32_cifar100_b0inc10_avalanche")
     assert (icarl.backbone.shortcut, icarl.backbone.last_relu, icarl.backbone.conv_init) == ("pad", False, "fan_in")
