@@ -228,6 +228,9 @@ def test_shared_start_maps_a_peer_state_by_position_kind_and_shape():
     assert [float(v.flatten()[0]) for v in mapped.values()] == [1.0, 2.0, 3.0, 4.0]
     with pytest.raises(SystemExit, match="entry mismatch: peer fc.weight"):
         shared_start.map_state({**peer, "fc.weight": torch.zeros(10, 5)}, ours)
+    # PyCIL keeps PODNet's learned scale as a 1-element vector, ltcil as a 0-d tensor
+    scaled = shared_start.map_state({**peer, "fc.sigma": torch.tensor([5.0])}, {**ours, "head.sigma": torch.tensor(1.0)})
+    assert scaled["head.sigma"].shape == () and float(scaled["head.sigma"]) == 5.0
     swapped = dict(reversed(list(peer.items())))
     with pytest.raises(SystemExit, match="entry mismatch"):
         shared_start.map_state(swapped, ours)

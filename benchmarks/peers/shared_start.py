@@ -48,9 +48,11 @@ def map_state(peer: dict, ours: dict) -> dict:
         raise SystemExit(f"the peer model has {len(peer)} entries, ltcil's {len(ours)}: not the same network")
     out = {}
     for (pk, pv), (ok, ov) in zip(peer.items(), ours.items()):
-        if kind(pk) != kind(ok) or tuple(pv.shape) != tuple(ov.shape):
+        # a learned scalar may be a 0-d tensor on one side and a 1-element vector on the other (PODNet's sigma)
+        scalar = pv.numel() == ov.numel() == 1
+        if kind(pk) != kind(ok) or (tuple(pv.shape) != tuple(ov.shape) and not scalar):
             raise SystemExit(f"entry mismatch: peer {pk} {tuple(pv.shape)} vs ltcil {ok} {tuple(ov.shape)}")
-        out[ok] = pv.to(ov.dtype)
+        out[ok] = pv.reshape(ov.shape).to(ov.dtype)
     return out
 
 
