@@ -33,6 +33,8 @@ class DataConfig:
     image_size: int = 0  # resize once at load (imagelist needs it; 0 keeps the native size)
     normalize: bool = True  # standardise each channel by the training split's mean and std; false feeds pixels
     # in [0, 1] as they are (Avalanche's iCaRL baseline)
+    mean: list = field(default_factory=list)  # with std: fixed per-channel statistics (pixels in [0, 1]) instead of
+    std: list = field(default_factory=list)  # the training split's, e.g. a reference code's constants
     train_list: str = ""  # imagelist: "<relpath> <label>" lines, relative to root (empty: class folders)
     val_list: str = ""
     test_list: str = ""
@@ -62,7 +64,14 @@ class ScenarioConfig:
     # random: n_i = floor(n_max * IF^(-r_i)), r_i ~ U(0, 1) per class (the thesis profile of
     # COAOX/Class_incremental_learning_in_long_tail, IF = R)
     longtail_by: str = "class_id"  # class_id: i = original id; arrival: i = arrival position
+    longtail_images: str = "random"  # which images a class keeps: random (a subset drawn with scenario.seed) |
+    # ldam_drw (numpy.random.seed(0), then per class in id order its indices shuffled and the first n kept:
+    # LDAM-DRW's IMBALANCECIFAR, which Long-Tailed-CIL, DGR and SBCL reuse, all with seed 0)
     val_fraction: float = 0.0  # per-class share of training images held out as validation (never trained on)
+    val_rule: str = "per_class"  # val_fraction's split: per_class (each class gives round(fraction * n), at least
+    # one, drawn with scenario.seed) | facil (FACIL's, as Long-Tailed-CIL and DGR run it: Python's random seeded
+    # with scenario.seed, and a class whose share rounds to 0 gives nothing while its task's lowest-id class gives
+    # one more image: scenarios/facil.py)
     val_per_class: int = 0  # balanced validation: this many images per class, first from the images the
     # long-tail subsampling left out (so the training profile is untouched), else carved from training images
     seed: int = 0  # scenario randomness (long-tail subsampling, validation split), separate from training
@@ -133,6 +142,8 @@ class TrainConfig:
     # [brightness, contrast, saturation] strengths ([0.247, 0, 0]: PyCIL's ColorJitter(brightness=63/255))
     resized_crop: bool = False  # random resized crop (area crop_scale) instead of padded crop
     crop_scale: list = field(default_factory=lambda: [0.35, 1.0])  # area range of the resized crop (ImageNet: 0.08-1)
+    resized_crop_padding: int = 0  # zero padding added before the resized crop (FACIL-based code, e.g.
+    # Long-Tailed-CIL and DGR on CIFAR: Pad(4) then RandomResizedCrop(32) with scale 0.08-1); in-memory data only
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
     compile: str = "off"  # torch.compile of the training step: off | default | reduce-overhead (CUDA graphs) |
     # max-autotune | eager (trace only: checks that a step compiles)
@@ -208,6 +219,8 @@ class Config:
 _CHOICES = {
     "scenario.longtail_profile": ("exp", "step", "random"),
     "scenario.longtail_by": ("class_id", "arrival"),
+    "scenario.longtail_images": ("random", "ldam_drw"),
+    "scenario.val_rule": ("per_class", "facil"),
     "memory.selection": ("herding", "random", "closest"),
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("constant", "step", "cosine"),
@@ -231,7 +244,7 @@ _NON_NEGATIVE = {
     "scenario.initial", "scenario.val_per_class", "scenario.max_tasks", "memory.size", "memory.per_class",
     "train.first_task.epochs", "train.first_task.batch_size", "train.lr", "train.first_task.lr", "train.momentum",
     "train.weight_decay",
-    "train.warmup_epochs", "train.crop_padding", "train.checkpoint_minutes",
+    "train.warmup_epochs", "train.crop_padding", "train.resized_crop_padding", "train.checkpoint_minutes",
     "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed",
     "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
@@ -356,6 +369,13 @@ def _validate_ranges(cfg: Config, where: str) -> None:
     if not (len(scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                     for v in scale) and 0 < scale[0] <= scale[1] <= 1):
         raise ConfigError(f"{where}train.crop_scale: {scale!r} must be [low, high] with 0 < low <= high <= 1.")
+    stats = (cfg.data.mean, cfg.data.std)
+    if any(stats) and not (len(stats[0]) == len(stats[1]) > 0 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stats[0] + stats[1])
+            and min(stats[1]) > 0):
+        raise ConfigError(f"{where}data.mean / data.std: {cfg.data.mean!r} / {cfg.data.std!r} must be two lists of "
+                          "the same length (one value per channel), the std values > 0; leave both empty to use the "
+                          "training split's statistics.")
     if cfg.data.workers < -1:
         raise ConfigError(f"{where}data.workers: {cfg.data.workers!r} must be >= 0, or -1 for one per core.")
     if not 1 <= cfg.data.pack_quality <= 95:

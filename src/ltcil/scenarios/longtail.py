@@ -55,3 +55,19 @@ def subsample_per_class(
             idx = np.sort(rng.choice(idx, size=n, replace=False))
         kept[cls] = idx
     return kept
+
+
+def subsample_ldam_drw(labels: np.ndarray, wanted: dict, seed: int) -> dict[int, np.ndarray]:
+    """The images LDAM-DRW's IMBALANCECIFAR keeps (kaidic/LDAM-DRW, imbalance_cifar.py; Long-Tailed-CIL and
+    imbalanced_cil copy it): numpy's global generator seeded once, then for every class of the dataset in id order
+    its indices (ascending) shuffled and the first n kept. Every class draws its shuffle, kept or not, so a class's
+    images do not depend on which other classes the scenario uses. `wanted`: class -> n; returns class -> its kept
+    indices in the shuffled order (FACIL's validation split depends on it)."""
+    rs = np.random.RandomState(seed)  # the legacy generator numpy.random.seed sets
+    kept = {}
+    for cls in np.unique(labels).tolist():
+        idx = np.flatnonzero(labels == cls)
+        rs.shuffle(idx)
+        if cls in wanted:
+            kept[cls] = idx[: wanted[cls]]
+    return kept

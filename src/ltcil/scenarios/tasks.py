@@ -14,7 +14,8 @@ import numpy as np
 
 from ..config import ScenarioConfig
 from ..errors import ConfigError, DataError, LtcilWarning
-from .longtail import profile_counts, subsample_per_class
+from .facil import facil_validation
+from .longtail import profile_counts, subsample_ldam_drw, subsample_per_class
 from .order import class_order
 
 
@@ -158,7 +159,11 @@ def build_scenario(
         wanted = np.minimum(np.maximum(profile[position], 1), available)
     else:
         wanted = available
-    kept = subsample_per_class(train_labels, order, wanted, rng)
+    if cfg.longtail_images == "ldam_drw":
+        in_order = subsample_ldam_drw(train_labels, dict(zip(order.tolist(), wanted.tolist())), 0)
+        kept = {c: np.sort(idx) for c, idx in in_order.items()}
+    else:
+        kept = in_order = subsample_per_class(train_labels, order, wanted, rng)
 
     # Validation: the dataset's own split when it has one, else a per-class share carved from training data.
     train_idx_per_class, val_idx_per_class = {}, {}
@@ -169,6 +174,12 @@ def build_scenario(
         for cls in order.tolist():
             val, train = _balanced_validation(np.flatnonzero(train_labels == cls), kept[cls], cfg.val_per_class, rng)
             val_idx_per_class[cls], train_idx_per_class[cls] = val, train
+    elif cfg.val_rule == "facil" and cfg.val_fraction > 0:
+        val_pool = "train"
+        bounds = np.cumsum([0] + sizes)
+        train_idx_per_class, val_idx_per_class = facil_validation(
+            train_labels, [order[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])], in_order, cfg.val_fraction,
+            cfg.seed)
     elif val_labels is not None and cfg.val_fraction == 0:
         val_pool = "val"
         for cls in order.tolist():
