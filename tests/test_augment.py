@@ -70,3 +70,18 @@ def test_brightness_only_jitter_scales_each_image_by_one_factor():
     ratio = (out / x).flatten(1)
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-6)
     assert ((ratio[:, 0] >= 0.75) & (ratio[:, 0] <= 1.25)).all() and ratio[:, 0].std() > 0.05
+
+
+def test_resized_crop_padding_crops_from_the_zero_padded_image():
+    # FACIL-based code on CIFAR: Pad(4), then RandomResizedCrop(32); a crop of the whole padded image (area 1,
+    # aspect 1) is the 40 x 40 padded picture resized to 32: a black frame of 4 * 32/40 = 3.2 pixels
+    from ltcil.data.augment import augment_float
+
+    x = torch.ones(2, 3, 32, 32)
+    spec = AugmentSpec(crop_padding=0, flip=False, resized_crop=True, crop_scale=(1.0, 1.0), resized_crop_padding=4)
+    out = augment_float(x, spec, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32)
+    assert out[:, :, :2, :].abs().max() < 0.05 and out[:, :, 16, 16].min() > 0.99  # the frame, the centre
+    unpadded = augment_float(x, AugmentSpec(crop_padding=0, flip=False, resized_crop=True, crop_scale=(1.0, 1.0)),
+                             torch.Generator().manual_seed(0))
+    assert unpadded.min() > 0.99

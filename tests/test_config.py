@@ -128,3 +128,17 @@ def test_off_and_on_stay_words_for_string_keys_and_booleans_for_bool_keys(tmp_pa
     assert cfg.train.compile == "off" and cfg.train.flip is False and cfg.train.amp is True
     assert cfg.train.channels_last is False and cfg.log.report == "never"
     assert load_config(None, ["train.compile=off"]).train.compile == "off"
+
+
+def test_fixed_channel_statistics_replace_the_training_splits(tmp_path):
+    from helpers import tiny_config
+
+    from ltcil.engine.runner import Experiment
+
+    exp = Experiment(tiny_config("data.mean=[0.5, 0.4, 0.3]", "data.std=[0.2, 0.2, 0.25]"), tmp_path)
+    assert exp.data.mean.flatten().tolist() == pytest.approx([0.5, 0.4, 0.3])
+    assert exp.data.std.flatten().tolist() == pytest.approx([0.2, 0.2, 0.25])
+    with pytest.raises(ConfigError, match="data.mean / data.std"):
+        load_config(None, ["data.mean=[0.5, 0.4]", "data.std=[0.2]"])
+    with pytest.raises(ConfigError, match="data.mean: 2 value"):
+        Experiment(tiny_config("data.mean=[0.5, 0.4]", "data.std=[0.2, 0.2]"), tmp_path / "b")

@@ -21,6 +21,7 @@ class AugmentSpec:
     hue: float = 0.0  # hue jitter: rotation by up to hue * 360 degrees (torchvision's hue, max 0.5)
     jitter_prob: float = 1.0  # share of images whose colours are jittered
     grayscale: float = 0.0  # share of images turned grey
+    resized_crop_padding: int = 0  # zero padding before the resized crop (FACIL: Pad(4), RandomResizedCrop(32))
 
     @classmethod
     def contrastive(cls) -> "AugmentSpec":
@@ -32,7 +33,7 @@ class AugmentSpec:
     @classmethod
     def from_train_config(cls, train) -> "AugmentSpec":
         return cls(train.crop_padding, train.flip, train.color_jitter, train.resized_crop,
-                   tuple(float(v) for v in train.crop_scale))
+                   tuple(float(v) for v in train.crop_scale), resized_crop_padding=train.resized_crop_padding)
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -142,6 +143,10 @@ def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, size
     """Photometric and resampling augmentation on floats in [0, 1]; the resized crop outputs `size` (default: the
     input's size; streamed data decodes larger images for it)."""
     if spec.resized_crop:
+        pad = spec.resized_crop_padding
+        if pad > 0:  # the crop is drawn from the padded image and resized back to the input's size
+            size = size or x.shape[-1]
+            x = F.pad(x, (pad, pad, pad, pad))
         x = random_resized_crop(x, gen, scale=spec.crop_scale, size=size)
     if any(jitter_strengths(spec.color_jitter)) or spec.hue > 0:
         x = color_jitter(x, spec.color_jitter, gen, spec.hue, spec.jitter_prob)

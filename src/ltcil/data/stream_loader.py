@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .augment import AugmentSpec, augment_float
 from .base import Dataset
 from .loader import BatchSource, channel_stats
@@ -89,6 +89,9 @@ class StreamData(BatchSource):
               gen: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
         if augment is None or not augment.resized_crop:
             return super().batch(split, idx, augment, gen)
+        if augment.resized_crop_padding:
+            raise ConfigError("train.resized_crop_padding: streamed images are cropped while they are decoded, "
+                              "without padding; set it to 0, or load the images in memory (data.storage=memory).")
         # the random resized crop and its flip were done per image by the workers; the rest batched here
         idx = idx.cpu()
         same = self._crop_last is not None and self._crop_last[0] == split and torch.equal(self._crop_last[1], idx)

@@ -127,6 +127,12 @@ class Experiment:
             self.data = DeviceData(self.dataset, self.scenario.label_maps, self.device, channels_last)
         if not cfg.data.normalize:
             self.data.set_stats(torch.zeros(self.data.in_channels), torch.ones(self.data.in_channels))
+        elif cfg.data.mean:
+            if len(cfg.data.mean) != self.data.in_channels:
+                raise ConfigError(f"data.mean: {len(cfg.data.mean)} value(s) for images with {self.data.in_channels} "
+                                  "channel(s).")
+            self.data.set_stats(torch.tensor(cfg.data.mean, dtype=torch.float32),
+                                torch.tensor(cfg.data.std, dtype=torch.float32))
         self.load_seconds = time.perf_counter() - t0
         if self.progress:
             self.log(f"loaded {len(self.dataset.train):,} training and {len(self.dataset.test):,} test images of "
