@@ -23,8 +23,9 @@ WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 NORM = "backbone.norm=gn"
 # methods whose loss couples the images of a batch, so a shard's loss is not a slice of the batch's: SBCL's
 # contrastive pairs, proto_lt's Sample Mix pairs, CCSI's impressions mixed into each shard, LUCIR's margin
-# ranking (a mean over the batch's old-class images, whose count differs between shards)
-BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi", "lucir"}
+# ranking (a mean over the batch's old-class images, whose count differs between shards), DGR's per-class factors
+# (from the norms of each rank's own head gradient, a non-linear function of the shard)
+BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi", "lucir", "dgr"}
 # torchrun skips a trailing batch too small to give each rank two images (BatchNorm), one process trains on
 # it: with 12 exemplars the third task's balanced fine-tuning set (18 images) ends in such a batch of 2
 DDP_OVERRIDES = {"eeil": ["memory.size=16"]}
