@@ -30,6 +30,9 @@ class Recipe:
     epoch_keys: tuple = ("train.epochs", "train.first_task.epochs")  # ltcil keys the short schedule sets
     extra: tuple = ()  # further ltcil overrides the parity run needs
     notes: str = ""
+    peer_args: tuple = ()  # the adapter's arguments that select the peer's own experiment (FACIL-based peers)
+    order_from_seed: bool = True  # PyCIL / Avalanche: the seed draws the class order (scenario.order=seed:N);
+    # FACIL-based peers fix the order per scenario and seed training and the validation split (scenario.seed=N)
 
 
 _ALL = (
@@ -45,7 +48,15 @@ _ALL = (
     Recipe("avalanche", "naive", "finetune_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "lwf", "lwf_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "icarl", "icarl_resnet32_cifar100_b0inc10_avalanche", {"nme": "nme"}),
+    # FACIL-based long-tailed references (benchmarks/peers/facil_adapter.py): CIFAR-100-LT IF 100, 50 + 10 x 5
+    Recipe("imbalanced-cil", "dgr_lt", "dgr_resnet32_cifar100lt_shuffled_b50inc5", {"cnn": "logits"},
+           epoch_keys=("train.epochs",), order_from_seed=False,
+           peer_args=("--approach", "DGR", "--scenario", "lt", "--first", "50", "--tasks", "11")),
+    Recipe("imbalanced-cil", "dgr_ltio", "dgr_resnet32_cifar100lt_ordered_b50inc5", {"cnn": "logits"},
+           epoch_keys=("train.epochs",), order_from_seed=False,
+           peer_args=("--approach", "DGR", "--scenario", "ltio", "--first", "50", "--tasks", "11")),
 )
+FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil")  # peers run through facil_adapter.py from a --repo checkout
 RECIPES: dict[tuple[str, str], Recipe] = {(r.peer, r.method): r for r in _ALL}
 
 
@@ -106,7 +117,8 @@ def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: 
         out += [f"train.first_task.milestones={sched['init']}", f"train.milestones={sched['later']}"]
         if "bias" in sched:
             out.append(f"method.bias_milestones={sched['bias']}")
-    out += [f"seed={seed}", f"scenario.order=seed:{seed}", f"scenario.max_tasks={tasks}", f"data.root={data_root}",
+    scenario = f"scenario.order=seed:{seed}" if rec.order_from_seed else f"scenario.seed={seed}"
+    out += [f"seed={seed}", scenario, f"scenario.max_tasks={tasks}", f"data.root={data_root}",
             "log.report=never", "train.progress=false", *rec.extra]
     if threads:
         out.append(f"train.threads={threads}")

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ADAPTERS = {"pycil": HERE / "pycil_adapter.py", "avalanche": HERE / "avalanche_adapter.py"}
+ADAPTERS = {"pycil": HERE / "pycil_adapter.py", "avalanche": HERE / "avalanche_adapter.py",
+            **{peer: HERE / "facil_adapter.py" for peer in recipes.FACIL_PEERS}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,11 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help="epochs of every task, on both sides")
     p.add_argument("--seeds", type=int, default=2, help="the first N of " + ", ".join(map(str, recipes.SEEDS)))
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (class orders)")
-    p.add_argument("--tasks", type=int, default=4, help="stop both toolkits after this many tasks (0: all 10)")
+    p.add_argument("--tasks", type=int, default=4, help="stop both toolkits after this many tasks (0: all)")
     p.add_argument("--data", default="../shared/data", help="folder with cifar-100-python.tar.gz")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--peer-python", default=None, help="the peer venv's python (required unless --only ltcil)")
     p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
+    p.add_argument("--repo", type=Path, default=None,
+                   help="checkout of the FACIL-based peer (--peer " + " / ".join(recipes.FACIL_PEERS) + ")")
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: all cores)")
     p.add_argument("--milestones", choices=("scaled", "full"), default="scaled",
                    help="scaled: the recipe's lr milestones at the same fractions of the short schedule, on both "
@@ -62,21 +65,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.seed_values = recipes.seed_list(args.seeds, args.seed_list)
     except (KeyError, ValueError) as exc:
         p.error(str(exc).strip("'\""))
-    if args.save_peer_models and args.peer != "pycil":
-        p.error("--save-peer-models: only the PyCIL adapter saves its models")
+    if args.save_peer_models and args.peer == "avalanche":
+        p.error("--save-peer-models: the Avalanche adapter does not save its models")
     if args.epochs < 1:
         p.error(f"--epochs: {args.epochs} must be >= 1")
-    if args.tasks < 0 or args.tasks > 10:
-        p.error(f"--tasks: {args.tasks} must be between 0 (all) and 10")
+    if args.tasks < 0 or args.tasks > 20:
+        p.error(f"--tasks: {args.tasks} must be between 0 (all) and 20")
     if args.only != "ltcil" and not args.dry_run:
         if not args.peer_python:
             p.error("--peer-python: the python of the peer's venv is required to run the peer")
         if args.peer == "pycil" and (args.pycil is None or not (args.pycil / "main.py").exists()):
             p.error(f"--pycil: {args.pycil} is not a PyCIL checkout (no main.py there)")
+        if args.peer in recipes.FACIL_PEERS and (args.repo is None
+                                                  or not (args.repo / "src" / "main_incremental.py").exists()):
+            p.error(f"--repo: {args.repo} is not a FACIL-based checkout (no src/main_incremental.py there)")
     return args
 
 
 def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[str]:
+    if args.peer in recipes.FACIL_PEERS:
+        cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--repo", str(args.repo or "REPO"),
+               *rec.peer_args, "--epochs", str(args.epochs), "--stop-at", str(args.tasks), "--seed", str(seed),
+               "--data", str(args.data), "--out", str(out_json)]
+        if args.milestones == "scaled":
+            cmd += ["--milestones", *map(str, recipes.short_schedule(rec, args.epochs)["later"])]
+        if args.save_peer_models:
+            cmd += ["--save-models", str(out_json.with_name(out_json.stem + "_models"))]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        return cmd
     cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--method", rec.method,
            "--epochs", str(args.epochs), "--tasks", str(args.tasks), "--seed", str(seed), "--data", str(args.data),
            "--out", str(out_json)]
@@ -163,7 +180,7 @@ def main(argv=None) -> None:
                      + "\n")
     print()
     print(recipes.format_table(rows, args.peer))
-    print(f"\naverage incremental accuracy over the first {args.tasks or 10} tasks of CIFAR-100 B0-Inc10, "
+    print(f"\naverage incremental accuracy over the first {args.tasks or 'all'} tasks of each recipe's scenario, "
           f"{args.epochs} epochs per task, lr milestones {args.milestones}; tol = max({recipes.TOLERANCE}, seed "
           "spread); wall: whole process, s")
 
