@@ -12,7 +12,8 @@ Steps, in this order (the full schedule last, with whatever time is left):
   smoke       every registered method, 2 tasks x 1 epoch on generated data, bf16 autocast and channels_last on,
               then a resume after task 1 that must give the same first-task accuracy
   throughput  benchmarks/train_throughput.py: ltcil's device pipeline (eager, torch.compile, CUDA graphs) vs the
-              per-sample DataLoader pipeline, ResNet-32, batch 128, and the bare step on a resident batch (--floor)
+              per-sample DataLoader pipeline, ResNet-32, batch 128, and the bare step on a resident batch (--floor:
+              drawn across classes, denormals flushed)
   streaming   benchmarks/streaming.py on a generated ImageNet-like JPEG tree: streamed decode + augment to 224 px
               batches on the GPU, from the files and from the packed cache, vs a per-sample DataLoader
   full_run    iCaRL CIFAR-100 B0-Inc10 at PyCIL's schedule (icarl_resnet32_cifar100_b0inc10_pycil, 200 + 9 x 170

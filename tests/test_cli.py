@@ -101,3 +101,16 @@ def test_missing_and_corrupt_dataset_errors_through_the_cli(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "corrupt or truncated" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing was started, nothing to clean up
+
+
+def test_run_names_what_a_by_method_block_set(capsys):
+    from ltcil.cli import _say_method_defaults
+    from ltcil.config import load_config
+
+    overrides = ["method.name=podnet", "train.epochs=2"]
+    _say_method_defaults("quickstart_digits", overrides, load_config("quickstart_digits", overrides))
+    out = capsys.readouterr().out
+    assert out.startswith("podnet: quickstart_digits's by_method.podnet block sets")
+    assert "train.lr=0.1," in out and "train.epochs=60 (command line: 2)" in out
+    _say_method_defaults("quickstart_digits", [], load_config("quickstart_digits"))  # icarl: no block, no line
+    assert capsys.readouterr().out == ""

@@ -1,9 +1,11 @@
 import pytest
 import yaml
 
-from ltcil.config import dump_config, from_dict, load_config, shipped_configs
+from ltcil.config import dump_config, from_dict, load_config, method_defaults_applied, shipped_configs
 from ltcil.engine.runner import check_components
 from ltcil.errors import ConfigError
+
+QUICKSTART_PODNET_LR, QUICKSTART_PODNET_EPOCHS = 0.1, 60  # configs/quickstart_digits.yaml, by_method.podnet
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -142,3 +144,46 @@ def test_fixed_channel_statistics_replace_the_training_splits(tmp_path):
         load_config(None, ["data.mean=[0.5, 0.4]", "data.std=[0.2]"])
     with pytest.raises(ConfigError, match="data.mean: 2 value"):
         Experiment(tiny_config("data.mean=[0.5, 0.4]", "data.std=[0.2, 0.2]"), tmp_path / "b")
+
+
+def test_by_method_block_applies_to_the_run_method_and_overrides_win(tmp_path):
+    path = write(tmp_path, "method:\n  name: icarl\ntrain:\n  epochs: 12\n  lr: 0.01\n"
+                           "by_method:\n  podnet:\n    train:\n      epochs: 60\n      lr: 0.1\n"
+                           "    method:\n      finetune_epochs: 5\n")
+    icarl = load_config(path)
+    assert icarl.method == {"name": "icarl"} and icarl.train.epochs == 12 and icarl.train.lr == 0.01
+    podnet = load_config(path, ["method.name=podnet"])
+    assert podnet.method == {"name": "podnet", "finetune_epochs": 5}
+    assert podnet.train.epochs == 60 and podnet.train.lr == 0.1
+    mine = load_config(path, ["method.name=podnet", "train.epochs=3"])  # the command line wins over the block
+    assert mine.train.epochs == 3 and mine.train.lr == 0.1
+    assert method_defaults_applied(path, ["method.name=podnet"]) == {"train.epochs": 60, "train.lr": 0.1,
+                                                                    "method.finetune_epochs": 5}
+    assert method_defaults_applied(path, []) == {}
+    assert "by_method" not in dump_config(podnet)  # the resolved config holds the values, not the block
+
+
+@pytest.mark.parametrize(
+    "block,match",
+    [
+        ("by_method: 3\n", "by_method: expected a mapping of method names"),
+        ("by_method:\n  podnet: 3\n", "by_method.podnet: expected a method name mapping"),
+        ("by_method:\n  podnet:\n    train:\n      epoch: 60\n", r"by_method.podnet: unknown config key 'train.epoch'"),
+        ("by_method:\n  podnet:\n    method:\n      name: bic\n", "names method 'bic'"),
+    ],
+)
+def test_bad_by_method_block_is_named(tmp_path, block, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, "method:\n  name: icarl\n" + block))
+
+
+def test_quickstart_gives_podnet_its_own_schedule_and_leaves_the_others_alone():
+    icarl = load_config("quickstart_digits")
+    podnet = load_config("quickstart_digits", ["method.name=podnet"])
+    assert podnet.method["name"] == "podnet"
+    assert (podnet.train.lr, podnet.train.epochs) == (QUICKSTART_PODNET_LR, QUICKSTART_PODNET_EPOCHS)
+    assert (podnet.train.lr, podnet.train.epochs) != (icarl.train.lr, icarl.train.epochs)
+    for name in ("finetune", "lwf", "bic"):  # the shared schedule is untouched for every other method
+        other = load_config("quickstart_digits", [f"method.name={name}"])
+        assert (other.train.lr, other.train.epochs) == (icarl.train.lr, icarl.train.epochs)
+    assert load_config("quickstart_digits", ["method.name=podnet", "train.epochs=2"]).train.epochs == 2

@@ -115,6 +115,43 @@ def test_trainer_gives_views_and_indices_to_the_step(tmp_path):
     assert sorted(torch.cat([i for _, _, i in seen]).tolist()) == sorted(np.asarray(indices).tolist())
 
 
+def test_periodic_save_is_called_between_epochs_and_its_state_resumes(tmp_path):
+    import inspect
+
+    import numpy as np
+
+    from ltcil.engine.seed import generators
+    from ltcil.engine.stage import Stage
+    from ltcil.engine.trainer import PeriodicSave, Trainer
+    from ltcil.reporting.events import EventLog
+
+    exp = Experiment(tiny_config(), tmp_path)
+    trainer = Trainer(exp.data, exp.device, EventLog(None), progress=False)
+    indices = np.asarray(exp.scenario.tasks[0].train_indices)
+    stage = Stage("train", exp.cfg.train, epochs=3, lr=0.1)
+    weight = torch.nn.Parameter(torch.zeros(1))
+
+    def step(x, y):
+        return {"loss": (weight - 1).pow(2).sum() + x.mean() * 0}
+
+    saved = []
+    trainer.fit(step, [weight], indices, stage, gens=generators(0, 0, exp.device), task_index=0,
+                periodic_save=PeriodicSave(lambda done, loop: saved.append((done, loop)), every_seconds=0))
+    assert [done for done, _ in saved] == [1, 2]  # after every epoch but the last
+    assert all(loop["epoch"] == done and set(loop) == {"epoch", "optimizer", "generators"} for done, loop in saved)
+
+    never = []
+    trainer.fit(step, [torch.nn.Parameter(torch.zeros(1))], indices, stage, gens=generators(0, 0, exp.device),
+                task_index=0, periodic_save=PeriodicSave(lambda *a: never.append(a), every_seconds=3600))
+    assert never == []
+
+    resumed = trainer.fit(step, [torch.nn.Parameter(torch.zeros(1))], indices, stage,
+                          gens=generators(0, 0, exp.device), task_index=0, resume=saved[1][1])
+    assert [e["epoch"] for e in resumed] == [3]  # continues after the saved epoch 2
+    params = [p for p in inspect.signature(Trainer.fit).parameters if p != "self"]
+    assert len(params) <= 8, params  # the architecture's limit on a function's parameters
+
+
 def test_cosine_lr_moves_every_step_inside_a_single_epoch(tmp_path):
     # train.schedule_unit=step (default): warm-up and cosine move with each step, so a 1-epoch task anneals too
     from ltcil.engine import trainer as trainer_module

@@ -80,16 +80,39 @@ def _split_items(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def _say_method_defaults(source, overrides: list[str], cfg) -> None:
+    """Name the settings a config's by_method block gave this run's method (the quick start's PODNet schedule),
+    and where a command-line override replaced one, the value the run has."""
+    from .config import method_defaults_applied
+
+    items = method_defaults_applied(source, overrides)
+    if not items:
+        return
+    resolved = cfg.to_dict()
+
+    def value(dotted):
+        node = resolved
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    said = [f"{k}={v}" + ("" if value(k) == v else f" (command line: {value(k)})") for k, v in items.items()]
+    name = cfg.method["name"]
+    print(f"{name}: {Path(str(source)).stem}'s by_method.{name} block sets {', '.join(said)}")
+
+
 def cmd_run(args) -> int:
     from .config import load_config
     from .engine import distributed, run_folder
     from .engine.runner import Experiment, default_run_dir
 
     config, overrides = _split_items(args.items)
-    cfg = load_config(config if config is not None else QUICKSTART, overrides)
+    source = config if config is not None else QUICKSTART
+    cfg = load_config(source, overrides)
     if config is None and overrides:
         print(f"no config given: starting from the quick start's ({QUICKSTART}: digits, 5 tasks of 2 classes) with "
               "your overrides")
+    _say_method_defaults(source, overrides, cfg)
     world, _ = distributed.setup(cfg.device)  # under torchrun: join the process group
     run_dir = distributed.broadcast_object(args.out or default_run_dir(cfg))  # rank 0's clock names the folder
     replace = run_folder.check(run_dir, args.force)  # every rank: nothing is touched yet

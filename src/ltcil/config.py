@@ -6,6 +6,7 @@ a wrong type or an out-of-range value fails naming the key and the value.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import io
@@ -575,14 +576,93 @@ def read_with_base(path: Path, chain: tuple = ()) -> dict:
     return deep_merge(parent, tree)
 
 
+BY_METHOD = "by_method"
+
+
+def _method_name(tree: dict) -> Any:
+    """The method a config tree runs (from_dict's reading: a name, a mapping with one, or finetune)."""
+    method = tree.get("method")
+    if isinstance(method, dict):
+        return method.get("name", "finetune")
+    return "finetune" if method is None else method
+
+
+def split_by_method(tree: dict, where: str = "", warn: bool = True) -> tuple[dict, dict]:
+    """A config's `by_method` block taken out of it and checked: `by_method: {podnet: {train: {lr: 0.1}}}`
+    holds sections merged over the file's own when the run's method (after the command line's overrides) is
+    that one, as the quick start gives PODNet the schedule its classifier needs. Each block must validate
+    merged over the file, and may name only its own method."""
+    tree = dict(tree)
+    blocks = tree.pop(BY_METHOD, None)
+    if blocks is None:
+        return tree, {}
+    example = "by_method: {podnet: {train: {lr: 0.1, epochs: 60}}}"
+    if not isinstance(blocks, dict):
+        raise ConfigError(f"{where}{BY_METHOD}: expected a mapping of method names to config sections, e.g. "
+                          f"{example}; got {blocks!r}.")
+    checked = {}
+    for name, block in blocks.items():
+        key = f"{BY_METHOD}.{name}"
+        if not isinstance(name, str) or not isinstance(block, dict):
+            raise ConfigError(f"{where}{key}: expected a method name mapping to config sections, e.g. {example}.")
+        block = migrate(block, f"{where}{key}.", warn)
+        method = block.get("method", {})
+        named = method.get("name", name) if isinstance(method, dict) else method
+        if named != name:
+            raise ConfigError(f"{where}{key}.method: names method {named!r}; a by_method block may set only its "
+                              f"own method's ({name!r}) options.")
+        if BY_METHOD in block or "base" in block:
+            raise ConfigError(f"{where}{key}: holds config sections only, not {BY_METHOD!r} or 'base'.")
+        from_dict(deep_merge(tree, block), f"{where}{key}: ")
+        checked[name] = block
+    return tree, checked
+
+
+def method_block_items(block: dict, prefix: str = "") -> dict:
+    """The dotted keys a by_method block sets (method.name aside), with their values."""
+    items = {}
+    for k, v in block.items():
+        dotted = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            items.update(method_block_items(v, dotted + "."))
+        elif dotted != "method.name":
+            items[dotted] = v
+    return items
+
+
+def _chosen_block(tree: dict, blocks: dict, overrides) -> Optional[dict]:
+    """The by_method block of the method the run will have once the overrides are applied, if any."""
+    if not blocks:
+        return None
+    probe = copy.deepcopy(tree)
+    for text in overrides:
+        apply_override(probe, *parse_override(text))
+    return blocks.get(_method_name(probe))
+
+
+def method_defaults_applied(path: Optional[str | Path], overrides: list[str] = ()) -> dict:
+    """The dotted keys (with values) that `path`'s by_method block sets for the run `load_config(path, overrides)`
+    gives (empty without a block for its method), so the command line can say where a setting came from."""
+    if path is None:
+        return {}
+    path = resolve_config_path(path)
+    tree, blocks = split_by_method(migrate(read_with_base(path), warn=False), f"{path}: ", warn=False)
+    block = _chosen_block(tree, blocks, overrides)
+    return method_block_items(block) if block is not None else {}
+
+
 def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Config:
-    """YAML file (or the built-in defaults when None) + dotted overrides -> validated Config."""
+    """YAML file (or the built-in defaults when None), merged with its by_method block for the run's method,
+    then the dotted overrides (which win over both) -> validated Config."""
     tree: dict = {}
     where = ""
     if path is not None:
         path = resolve_config_path(path)
         where = f"{path}: "
-        tree = migrate(read_with_base(path), where)
+        tree, blocks = split_by_method(migrate(read_with_base(path), where), where)
+        block = _chosen_block(tree, blocks, overrides)
+        if block is not None:
+            tree = deep_merge(tree, block)
     if not overrides:
         return from_dict(tree, where)
     from_dict(tree, where)  # the file alone first, so its own mistakes are reported against it

@@ -36,7 +36,7 @@ from .context import TaskContext
 from .networks import NetworkFactory
 from .stage import Stage, task_settings
 from .seed import generators, seed_task, task_seed
-from .trainer import Trainer
+from .trainer import PeriodicSave, Trainer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -283,9 +283,10 @@ class Experiment:
                       augment=self.method.augmentation() or AugmentSpec.from_train_config(settings),
                       views=self.method.views, with_indices=self.method.batch_indices,
                       modules=(self.method.model,), on_epoch=functools.partial(self.method.begin_epoch, ctx=ctx))
+        periodic = (PeriodicSave(self._save_inside(t), every_seconds=cfg.train.checkpoint_minutes * 60)
+                    if cfg.train.checkpoint_minutes > 0 else None)
         trainer.fit(step, self.method.trainable_parameters(), indices, stage, gens=ctx.gens, task_index=t,
-                    resume=resume, save=self._save_inside(t) if cfg.train.checkpoint_minutes > 0 else None,
-                    save_seconds=cfg.train.checkpoint_minutes * 60)
+                    resume=resume, periodic_save=periodic)
         timing["train"] = time.perf_counter() - t0
         timing["train_images"] = int(len(indices)) * epochs
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -44,6 +45,17 @@ def compile_step(step_fn: Callable, mode: str) -> Callable:
     return torch.compile(step_fn, mode=mode)
 
 
+@dataclass(frozen=True)
+class PeriodicSave:
+    """Checkpoints inside a stage: `save(epochs_done, loop_state)` is called after an epoch once `every_seconds`
+    have passed since the stage started or since the last save (never after the stage's last epoch: the caller
+    checkpoints the finished stage itself). `loop_state` holds the epoch, the optimiser's state and the
+    generators' states, which `Trainer.fit(resume=...)` continues from."""
+
+    save: Callable[[int, dict], None]
+    every_seconds: float = 0.0
+
+
 class Trainer:
     def __init__(self, data, device: torch.device, events, progress: bool = True, amp: bool = True,
                  compile_mode: str = "off"):
@@ -69,14 +81,13 @@ class Trainer:
         gens: tuple[torch.Generator, torch.Generator],
         task_index: int,
         resume: Optional[dict] = None,
-        save: Optional[Callable[[int, dict], None]] = None,
-        save_seconds: float = 0.0,
+        periodic_save: Optional[PeriodicSave] = None,
     ) -> list[dict]:
         """Run `stage.epochs` epochs of `step_fn` over `indices`, visited as the stage's sampler says; returns
         the epoch events. Under torchrun each rank steps on its shard of every batch and gradients are averaged
-        (distributed.py). `save(epochs_done, loop_state)` is called after an epoch once `save_seconds` have
-        passed since the start or the last save (not after the last epoch); `resume`, such a loop state,
-        continues after its epoch with its optimiser and generators (the caller restores the model first)."""
+        (distributed.py). `periodic_save` checkpoints between epochs (see PeriodicSave); `resume`, a loop state
+        it saved, continues after its epoch with its optimiser and generators (the caller restores the model
+        first)."""
         cpu_gen, dev_gen = gens
         if self.compile_mode != "off":
             step_fn = compile_step(step_fn, self.compile_mode)
@@ -105,10 +116,10 @@ class Trainer:
             order = epoch_order(stage.settings.sampler, indices, labels, cpu_gen)
             event = self._epoch(step_fn, optimizer, order, stage, epoch, per_epoch, dev_gen, task_index, bar)
             history.append(event)
-            if (save is not None and epoch + 1 < stage.epochs
-                    and distributed.from_main(time.perf_counter() - last_save >= save_seconds)):
+            if (periodic_save is not None and epoch + 1 < stage.epochs
+                    and distributed.from_main(time.perf_counter() - last_save >= periodic_save.every_seconds)):
                 with distributed.averaged_buffers(stage.modules):
-                    save(epoch + 1, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                    periodic_save.save(epoch + 1, {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                                      "generators": [cpu_gen.get_state(), dev_gen.get_state()]})
                 last_save = time.perf_counter()
         if bar is not None:
