@@ -598,7 +598,7 @@ def test_negative_npz_labels_are_not_counted_as_a_class(tmp_path):
     path = _npz(tmp_path / "d_neglabel.npz", x_train=rng.integers(0, 255, (12, 8, 8), dtype=np.uint8),
                 y_train=np.array([-1, -1] + list(range(10))), x_test=rng.integers(0, 255, (10, 8, 8), dtype=np.uint8),
                 y_test=np.arange(10))
-    with pytest.raises(DataError, match=r"'train_labels' holds the negative label -1 \(2 images\); the others run "
+    with pytest.raises(DataError, match=r"'train_labels' holds label -1, a negative one \(2 images\); the others run "
                                         r"0..9 \(10 classes\)") as info:
         read_npz(path, "npz")
     assert "11 classes" not in str(info.value)

@@ -105,7 +105,7 @@ def read_npz(path: Path, name: str, class_names: list[str] | None = None) -> Dat
             if len(negative):  # -1 is often "unlabelled": not a class, and not counted as one
                 valid = ids[ids >= 0]
                 span = f"; the others run {int(valid[0])}..{int(valid[-1])} ({len(valid)} classes)" if len(valid) else ""
-                raise DataError(f"{path}: '{prefix}_labels' holds the negative label {int(negative[0])} "
+                raise DataError(f"{path}: '{prefix}_labels' holds label {int(negative[0])}, a negative one "
                                 f"({len(negative):,} images){span}. Labels must be class ids >= 0; drop unlabelled "
                                 "images (often marked -1) before saving the file.")
         class_names = [str(c) for c in ids.tolist()]
