@@ -407,6 +407,11 @@ def test_force_removes_only_what_ltcil_wrote_and_names_what_it_left(tmp_path, ca
     assert (run / "NOTES.txt").read_text() == "mine"
     assert (run / "checkpoints" / "best_by_hand.pt").read_bytes() == b"mine too"
     assert not (run / "results.json").exists() and not (run / "checkpoints" / "task_000.pt").exists()
+    assert err.endswith("interrupted.")  # nothing of the new run was written yet: nothing to resume
+    monkeypatch.undo()
+    code, err, _ = cli(capsys, "run", *TINY, "scenario.max_tasks=1", "--out", str(run))  # no --force needed now
+    assert code == 0 and "the new run in" in err and "starts beside what ltcil did not write there: NOTES.txt" in err
+    assert (run / "NOTES.txt").read_text() == "mine" and (run / "results.json").exists()
 
 
 @pytest.mark.parametrize("failure", ["torch_zip_writer", "enospc"])

@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
     if replace and world.is_main:  # --force: the old run goes only now that config and data have been checked
         left = run_folder.clear(run_dir)
         if left:
-            warnings.warn(LtcilWarning(run_folder.left_behind(run_dir, left)))
+            warnings.warn(LtcilWarning(run_folder.left_behind(run_dir, left, args.force)))
     distributed.barrier()
     args.started_run = run_dir  # from here on, Ctrl-C leaves a run that `ltcil resume` continues
     return _finish(experiment)
@@ -197,13 +197,13 @@ def cmd_sweep(args) -> int:
     if replace:
         left = run_folder.clear(args.out)
         if left:
-            warnings.warn(LtcilWarning(run_folder.left_behind(args.out, left)))
+            warnings.warn(LtcilWarning(run_folder.left_behind(args.out, left, args.force)))
     run_folder.mark(args.out, sweep=True)
     try:
         record = run_sweep(config, overrides, grid, args.out, args.random, args.seed, optuna_trials=args.optuna,
                            prepared=prepared)
     except BaseException:
-        if run_folder.only_marker(args.out):  # nothing was written: leave no folder a re-run would refuse
+        if run_folder.nothing_written(args.out):  # leave no folder a re-run would refuse
             (args.out / run_folder.MARKER).unlink()
         lock.release(remove_empty=True)
         raise

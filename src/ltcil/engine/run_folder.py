@@ -67,9 +67,17 @@ def describe(paths: list[Path], limit: int = 20) -> str:
     return ", ".join(names) + more
 
 
-def only_marker(folder: Path) -> bool:
-    """A run or sweep that stopped before writing anything: the marker alone (and the lock)."""
-    return [p.name for p in _contents(folder)] == [MARKER]
+def _written(path: Path) -> bool:
+    """Did ltcil write this entry of a run folder (besides its marker)?"""
+    if path.name == CHECKPOINTS and path.is_dir() and not path.is_symlink():
+        return any(_CHECKPOINT.fullmatch(p.name) for p in path.iterdir())
+    return path.name != MARKER and _own(path)
+
+
+def nothing_written(folder: Path) -> bool:
+    """A run folder whose run or sweep stopped before writing anything (its marker, and perhaps files of the
+    user's that an earlier --force left): there is nothing of ltcil's to keep or resume."""
+    return is_run_folder(folder) and not any(_written(p) for p in _contents(Path(folder)))
 
 
 def check(run_dir: Path, force: bool) -> bool:
@@ -81,7 +89,7 @@ def check(run_dir: Path, force: bool) -> bool:
     check_writable_folder(run_dir)
     if not run_dir.exists() or not _contents(run_dir):
         return False
-    if only_marker(run_dir):  # a run or sweep that failed before writing anything: nothing to keep
+    if nothing_written(run_dir):  # a run or sweep that stopped before writing anything: nothing to keep
         return True
     if not force:
         if is_sweep_folder(run_dir):
@@ -121,6 +129,8 @@ def clear(run_dir: Path) -> list[Path]:
     holds it); anything else stays, and is returned (and named in a warning by the caller)."""
     left = []
     for path in _contents(Path(run_dir)):
+        if path.name == MARKER:  # stays until the new run marks the folder: a Ctrl-C now leaves a run folder
+            continue
         if path.name == CHECKPOINTS and path.is_dir() and not path.is_symlink():
             for item in sorted(path.iterdir()):
                 if _CHECKPOINT.fullmatch(item.name) and item.is_file() and not item.is_symlink():
@@ -139,12 +149,14 @@ def clear(run_dir: Path) -> list[Path]:
     return left
 
 
-def left_behind(run_dir: Path, left: list[Path]) -> str:
-    """The warning --force gives when it kept files ltcil did not write."""
+def left_behind(run_dir: Path, left: list[Path], forced: bool = True) -> str:
+    """The warning when `clear` kept files ltcil did not write (--force, or a run folder whose run never wrote)."""
     names = [str(p.relative_to(run_dir)) + ("/" if p.is_dir() and not p.is_symlink() else "") for p in left]
     more = f" and {len(names) - 20} more" if len(names) > 20 else ""
-    return (f"--force replaced the ltcil run in {run_dir} but left what ltcil did not write there: "
-            f"{', '.join(names[:20])}{more}. Remove them yourself if they are not wanted.")
+    what = (f"--force replaced the ltcil run in {run_dir} but left" if forced else
+            f"the new run in {run_dir} starts beside")
+    return (f"{what} what ltcil did not write there: {', '.join(names[:20])}{more}. Remove them yourself if they "
+            "are not wanted.")
 
 
 def mark(run_dir: Path, sweep: bool = False) -> None:
