@@ -344,3 +344,287 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_it_resumes(tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run / "results.json").read_text())["completed_tasks"] == 3
+
+
+# --- round three: files lost, tracebacks, crashes, bombs ------------------------------------------------------
+
+def test_report_out_never_overwrites_the_users_own_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    run_tiny(run, "scenario.max_tasks=1")
+    mine = tmp_path / "paper"
+    mine.mkdir()
+    (mine / "report.md").write_text("# My report\nthree weeks of notes\n")
+    (mine / "report.html").write_text("<html>mine</html>")
+    code, err, _ = cli(capsys, "report", str(run), "--out", str(mine))
+    assert code == 2 and "report.md and report.html that ltcil did not write" in err and "nothing was written" in err
+    assert (mine / "report.md").read_text() == "# My report\nthree weeks of notes\n"
+    assert (mine / "report.html").read_text() == "<html>mine</html>"
+    pytest.importorskip("matplotlib")
+    ours = tmp_path / "ours"
+    assert cli(capsys, "report", str(run), "--out", str(ours))[0] == 0
+    assert cli(capsys, "report", str(run), "--out", str(ours))[0] == 0  # ltcil's own report: replaced
+    legacy = tmp_path / "legacy"  # a report written before ltcil marked its reports
+    legacy.mkdir()
+    (legacy / "report.md").write_text("# ltcil report\n\n1 run(s), generated 2026-01-01 00:00:00.\n")
+    assert cli(capsys, "report", str(run), "--out", str(legacy))[0] == 0
+    assert "Accuracy after each task" in (legacy / "report.md").read_text()
+
+
+def _lightning_folder(path):
+    path.mkdir()
+    (path / "config.yaml").write_text("trainer:\n  max_epochs: 100\n")
+    (path / "checkpoints").mkdir()
+    (path / "checkpoints" / "epoch=99.ckpt").write_bytes(b"weights")
+    (path / "NOTES.txt").write_text("what I tried")
+
+
+def test_force_never_empties_another_tools_run_folder(tmp_path, capsys):
+    lightning = tmp_path / "lightning_run"
+    _lightning_folder(lightning)
+    assert not run_folder.is_run_folder(lightning)
+    code, err, _ = cli(capsys, "run", *TINY, "--out", str(lightning), "--force")
+    assert code == 2 and "is not one: it holds NOTES.txt, checkpoints/ (1 entry), config.yaml" in err
+    assert "Nothing was removed" in err
+    assert (lightning / "checkpoints" / "epoch=99.ckpt").read_bytes() == b"weights"
+    assert (lightning / "NOTES.txt").exists() and (lightning / "config.yaml").exists()
+    code, err, _ = cli(capsys, "run", *TINY, "--out", str(lightning))
+    assert code == 2 and "holds no ltcil run (NOTES.txt, checkpoints/ (1 entry), config.yaml)" in err
+
+
+def test_force_removes_only_what_ltcil_wrote_and_names_what_it_left(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run_tiny(run, "scenario.max_tasks=1")
+    (run / "NOTES.txt").write_text("mine")
+    (run / "checkpoints" / "best_by_hand.pt").write_bytes(b"mine too")
+
+    def interrupted(self):  # Ctrl-C as soon as the new run starts, after --force has cleared the folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Experiment, "run", interrupted)
+    code, err, _ = cli(capsys, "run", *TINY, "--out", str(run), "--force")
+    assert code == 130
+    assert "left what ltcil did not write there: NOTES.txt, checkpoints/best_by_hand.pt." in err
+    assert (run / "NOTES.txt").read_text() == "mine"
+    assert (run / "checkpoints" / "best_by_hand.pt").read_bytes() == b"mine too"
+    assert not (run / "results.json").exists() and not (run / "checkpoints" / "task_000.pt").exists()
+    assert err.endswith("interrupted.")  # nothing of the new run was written yet: nothing to resume
+    monkeypatch.undo()
+    code, err, _ = cli(capsys, "run", *TINY, "scenario.max_tasks=1", "--out", str(run))  # no --force needed now
+    assert code == 0 and "the new run in" in err and "starts beside what ltcil did not write there: NOTES.txt" in err
+    assert (run / "NOTES.txt").read_text() == "mine" and (run / "results.json").exists()
+
+
+@pytest.mark.parametrize("failure", ["torch_zip_writer", "enospc"])
+def test_a_full_disk_mid_checkpoint_names_the_folder_and_the_space(tmp_path, monkeypatch, capsys, failure):
+    import shutil
+    import types
+
+    import torch
+
+    run = tmp_path / "run"
+    real_save, real_usage = torch.save, shutil.disk_usage
+    calls = {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third task's checkpoint (task_002.pt), half written
+            with open(f, "wb") as fh:
+                fh.write(b"PK\x03\x04 half a checkpoint")
+            if failure == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1470")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(total=3_000_000, used=2_990_000,
+                                                                             free=10_000))
+    code, err, _ = cli(capsys, "run", *TINY, "train.checkpoint_minutes=0", "--quiet", "--out", str(run))
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "task_002.pt: no space left on device" in err and f"{run / 'checkpoints'} has 10,000 bytes free" in err
+    assert "this file needs about" in err and "intact" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["task_000.pt", "task_001.pt"]  # no .tmp
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    assert torch.load(run / "checkpoints" / "task_001.pt", weights_only=True)["task"] == 1
+
+
+def test_a_torch_writer_failure_on_a_disk_with_room_is_still_one_paragraph(tmp_path, monkeypatch):
+    import torch
+
+    from ltcil.engine.checkpoint import save_checkpoint
+    from ltcil.errors import LtcilError
+
+    def save(obj, f, *a, **k):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(LtcilError, match=r"task_000.pt: the write failed \(pytorchstreamwriter failed"):
+        save_checkpoint(tmp_path, 0, {"task": 0})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_resume_on_a_read_only_mount_says_so(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run_tiny(run, "scenario.max_tasks=1")
+
+    def read_only_open(path, *a, **k):  # as on a read-only mount, where root cannot write either
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(run_folder, "open", read_only_open, raising=False)
+    code, err, _ = cli(capsys, "resume", str(run), "--quiet")
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert f"{run} is on a read-only file system" in err and "Copy the run folder to a writable disk" in err
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_says_resume_only_where_true(tmp_path, monkeypatch, capsys):
+    from ltcil import cli as cli_module
+    from ltcil.engine.trainer import Trainer
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # while the command line is being set up (imports, parser)
+        m.setattr(cli_module, "_parser", ctrl_c)
+        code, err, _ = cli(capsys, "run")
+        assert code == 130 and err == "interrupted."
+    with monkeypatch.context() as m:  # `ltcil data check`: there is no run to resume
+        m.setattr("ltcil.datacheck.describe", ctrl_c)
+        code, err, _ = cli(capsys, "data", "check", *TINY)
+        assert code == 130 and err == "interrupted."
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:  # inside the first task: resume starts it again
+        m.setattr(Trainer, "fit", ctrl_c)
+        code, err, _ = cli(capsys, "run", *TINY, "--out", str(run))
+        assert code == 130 and f"interrupted before the first checkpoint; `ltcil resume {run}` starts" in err
+    code, _, _ = cli(capsys, "resume", str(run), "--quiet")
+    assert code == 0
+
+
+def test_ctrl_c_in_the_first_second_is_one_line_exit_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    for delay in (0.4, 1.0):  # while Python imports ltcil and torch
+        proc = subprocess.Popen([sys.executable, "-m", "ltcil", "data", "check", *TINY], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:  # finished before the signal: nothing to check at this delay
+            continue
+        assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+        assert [line for line in err.splitlines() if line.strip()] == ["interrupted."]
+
+
+def test_train_threads_is_bounded_by_the_usable_cores(monkeypatch):
+    import torch
+
+    from ltcil.engine import runner
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runner, "usable_cores", lambda: 2)
+    try:
+        with pytest.warns(LtcilWarning, match=r"train.threads=100000 is more than the 2 core\(s\) .* using 2"):
+            assert runner.set_threads(100000) == 2
+        assert torch.get_num_threads() == 2
+        assert runner.set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_config_bombs_are_refused_before_parsing_and_long_values_cut(tmp_path, capsys):
+    import time
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("scenario:\n  order: [" + "1, " * 600_000 + "1]\n")  # 1.8 MB
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb.yaml is 1.8 MB, above the 1.0 MB a config file may have"):
+        load_config(bomb)
+    assert time.perf_counter() - t0 < 2
+    with pytest.raises(ConfigError, match="/dev/zero is endless"):
+        load_config("/dev/zero")
+    with pytest.raises(ConfigError, match=r"overrides: 1.5 MB in all, above the 1.0 MB"):
+        load_config(None, ["scenario.order=[" + "1," * 250_000 + "1]"] * 3)
+    code, err, _ = cli(capsys, "run", "train.lr=" + "x" * 500_000)  # a string where a number goes
+    assert code == 2 and "train.lr: expected float, got 'xxx" in err and "(500,002 characters)" in err
+    assert len(err) < 600
+    code, err, _ = cli(capsys, "run", "scenario.increment=[" + "-1," * 100_000 + "1]")
+    assert code == 2 and "(100,001 items)" in err and len(err) < 600
+
+
+def test_sweep_checks_every_grid_value_before_training(tmp_path, capsys, monkeypatch):
+    trained = []
+    monkeypatch.setattr(Experiment, "train_task", lambda self, t: trained.append(t))
+    out = tmp_path / "sweep"
+    for grid, match in (("method.name=finetune,icrl", "method.name"), ("scenario.increment=2,7", "do not split into tasks of 7")):
+        code, err, _ = cli(capsys, "sweep", *TINY, "scenario.val_fraction=0.2", "--grid", grid, "--out", str(out))
+        assert code == 2 and "cannot run, so nothing was trained" in err and match in err, err
+        assert trained == [] and not out.exists()
+
+
+def test_a_failed_sweep_leaves_a_folder_a_rerun_accepts(tmp_path, capsys, monkeypatch):
+    import ltcil.sweep as sweep_module
+
+    out = tmp_path / "sweep"
+    args = ["sweep", *TINY, "scenario.val_fraction=0.2", "scenario.max_tasks=1", "--grid", "train.lr=0.05",
+            "--out", str(out)]
+
+    def fails(*a, **k):
+        raise ConfigError("the first candidate failed")
+
+    with monkeypatch.context() as m:  # fails before it wrote anything: no folder is left
+        m.setattr(sweep_module, "run_sweep", fails)
+        assert cli(capsys, *args)[0] == 2
+    assert not out.exists()
+    with monkeypatch.context() as m:  # fails after a candidate ran: a sweep, which --force replaces
+        m.setattr(Experiment, "train_task", lambda self, t: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert cli(capsys, *args)[0] == 130
+    code, err, _ = cli(capsys, *args)
+    assert code == 2 and "already holds an ltcil sweep (unfinished: a sweep cannot be resumed); --force" in err
+    code, err, _ = cli(capsys, "resume", str(out))
+    assert code == 2 and "holds an ltcil sweep, and a sweep cannot be resumed" in err
+    code, _, _ = cli(capsys, *args, "--force")
+    assert code == 0 and (out / "sweep.json").exists()
+
+
+def test_a_one_class_single_task_run_is_warned(tmp_path):
+    with pytest.warns(LtcilWarning, match=r"single class \('class_2'\) in a single task.*100% by construction"):
+        Experiment(tiny_config("scenario.order=[2]", "scenario.increment=0"), tmp_path)
+
+
+def test_negative_npz_labels_are_not_counted_as_a_class(tmp_path):
+    from ltcil.data.arrays import read_npz
+
+    rng = np.random.default_rng(0)
+    path = _npz(tmp_path / "d_neglabel.npz", x_train=rng.integers(0, 255, (12, 8, 8), dtype=np.uint8),
+                y_train=np.array([-1, -1] + list(range(10))), x_test=rng.integers(0, 255, (10, 8, 8), dtype=np.uint8),
+                y_test=np.arange(10))
+    with pytest.raises(DataError, match=r"'train_labels' holds label -1, a negative one \(2 images\); the others run "
+                                        r"0..9 \(10 classes\)") as info:
+        read_npz(path, "npz")
+    assert "11 classes" not in str(info.value)
+
+
+def test_a_report_across_different_scenarios_is_warned(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ltcil.reporting.report import write_report
+
+    run_tiny(tmp_path / "a", "scenario.max_tasks=1")
+    run_tiny(tmp_path / "b", "scenario.max_tasks=1", "scenario.increment=3")
+    with pytest.warns(LtcilWarning, match=r"do not share a scenario \(scenario.increment: a=2, b=3\)"):
+        write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "rep")
+
+
+def test_the_readme_names_every_key_that_may_change_on_resume():
+    from pathlib import Path
+
+    from ltcil.engine.runner import RESUMABLE_CHANGES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    bullet = next(p for p in readme.split("\n- ") if "may change" in p and "ltcil resume" in p)
+    named = [k.rstrip(".") for k in RESUMABLE_CHANGES]
+    assert all(f"`{k}" in bullet for k in named), [k for k in named if f"`{k}" not in bullet]

@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python imports the command line itself: one line, as anywhere else
+    print("\ninterrupted.", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

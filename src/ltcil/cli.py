@@ -124,8 +124,11 @@ def cmd_run(args) -> int:
             lock.release(remove_empty=True)
         raise
     if replace and world.is_main:  # --force: the old run goes only now that config and data have been checked
-        run_folder.clear(run_dir)
+        left = run_folder.clear(run_dir)
+        if left:
+            warnings.warn(LtcilWarning(run_folder.left_behind(run_dir, left, args.force)))
     distributed.barrier()
+    args.started_run = run_dir  # from here on, Ctrl-C leaves a run that `ltcil resume` continues
     return _finish(experiment)
 
 
@@ -135,11 +138,16 @@ def cmd_resume(args) -> int:
     from .engine.runner import Experiment
 
     cfg_path = args.run_dir / "config.yaml"
+    if run_folder.is_sweep_folder(args.run_dir):
+        raise LtcilError(f"{args.run_dir} holds an ltcil sweep, and a sweep cannot be resumed: run the same `ltcil "
+                         f"sweep` with --force --out {args.run_dir} to start it again (each candidate's run is in "
+                         "task<N>/candidate<K>/).")
     if not args.run_dir.is_dir() or not cfg_path.exists():
         raise LtcilError(f"{args.run_dir} is not a run folder: {cfg_path} is missing.")
     cfg = from_dict(read_yaml(cfg_path), f"{cfg_path}: ")
     world, _ = distributed.setup(cfg.device)
     lock = run_folder.Lock(args.run_dir) if world.is_main else None  # noqa: F841 (held until the process ends)
+    args.started_run = args.run_dir
     experiment = Experiment(cfg, args.run_dir, progress=False if args.quiet else None)
     if not experiment.restore():
         print(f"no finished task in {args.run_dir}; starting it from the first task")
@@ -194,7 +202,7 @@ def cmd_report(args) -> int:
 def cmd_sweep(args) -> int:
     from .engine import run_folder
     from .engine.distributed import launched_by_torchrun
-    from .sweep import parse_grid, run_sweep, sweep_table
+    from .sweep import parse_grid, prepare, run_sweep, sweep_table
 
     if not args.grid:
         raise LtcilError("ltcil sweep: give at least one --grid key=v1,v2.")
@@ -205,13 +213,23 @@ def cmd_sweep(args) -> int:
         raise LtcilError("ltcil sweep: choose --random or --optuna, not both.")
     config, overrides = _split_items(args.items)
     grid = parse_grid(args.grid)
+    config = config if config is not None else QUICKSTART
     replace = run_folder.check(args.out, args.force)
-    lock = run_folder.Lock(args.out)  # noqa: F841 (held until the process ends)
+    prepared = prepare(config, overrides, grid, args.random, args.seed, args.optuna)  # nothing written yet
+    lock = run_folder.Lock(args.out)
     if replace:
-        run_folder.clear(args.out)
-    run_folder.mark(args.out)
-    record = run_sweep(config if config is not None else QUICKSTART, overrides, grid, args.out, args.random,
-                       args.seed, optuna_trials=args.optuna)
+        left = run_folder.clear(args.out)
+        if left:
+            warnings.warn(LtcilWarning(run_folder.left_behind(args.out, left, args.force)))
+    run_folder.mark(args.out, sweep=True)
+    try:
+        record = run_sweep(config, overrides, grid, args.out, args.random, args.seed, optuna_trials=args.optuna,
+                           prepared=prepared)
+    except BaseException:
+        if run_folder.nothing_written(args.out):  # leave no folder a re-run would refuse
+            (args.out / run_folder.MARKER).unlink()
+        lock.release(remove_empty=True)
+        raise
     print()
     print(sweep_table(record))
     print(f"\nsweep folder: {args.out}  (sweep.json, task<N>/candidate<K>/ runs)")
@@ -233,11 +251,23 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv=None) -> int:
-    from .engine import distributed
+    args = argparse.Namespace(debug=False)
+    try:  # everything inside: Ctrl-C at any moment, even while torch is imported, is one line and exit 130
+        return _main(argv, args)
+    except LtcilError as exc:
+        if args.debug:
+            raise
+        print("error: " + _paragraph(str(exc)), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n" + interrupted_message(getattr(args, "started_run", None)), file=sys.stderr)
+        return 130
 
+
+def _main(argv, args: argparse.Namespace) -> int:
     warnings.showwarning = _show_warning
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    _, extra = parser.parse_known_args(argv, namespace=args)
     # argparse ends a positional list at the first option, so `run CONFIG --out DIR key=value` leaves the
     # overrides after --out unparsed: they belong to the same list.
     if extra and args.command in ("run", "sweep", "data") and not any(e.startswith("-") for e in extra):
@@ -250,21 +280,38 @@ def main(argv=None) -> int:
         # SIGTERM (a scheduler, torchrun, kill) ends the run as Ctrl-C does: locks, worker processes and the
         # event log are released on the way out instead of left behind
         signal.signal(signal.SIGTERM, _terminate)
-    try:
-        code = handler(args)
-        distributed.teardown()
-        return code
-    except LtcilError as exc:
-        if args.debug:
-            raise
-        message = textwrap.fill(str(exc), width=100, subsequent_indent="  ", break_on_hyphens=False,
-                                break_long_words=False)  # paths stay copyable
-        print("error: " + message, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; `ltcil resume RUN_DIR` continues a run from its last checkpoint (the last finished "
-              "task, or inside the task when one was taken there: train.checkpoint_minutes).", file=sys.stderr)
-        return 130
+    code = handler(args)
+    from .engine import distributed
+
+    distributed.teardown()
+    return code
+
+
+# A message longer than this has a value pasted into it (a 50 MB string in a config): words longer than
+# LONG_WORD are cut, so the paragraph stays readable and the terminal is not flooded.
+LONG_WORD = 300
+
+
+def _paragraph(text: str) -> str:
+    if len(text) > 4 * LONG_WORD * 4:  # a message of a few hundred words at most
+        text = f"{text[:3000]} ...[{len(text) - 3600:,} characters cut]... {text[-600:]}"
+    words = [w if len(w) <= LONG_WORD else f"{w[:200]}...[{len(w) - 260:,} characters cut]...{w[-60:]}"
+             for w in text.split(" ")]
+    return textwrap.fill(" ".join(words), width=100, subsequent_indent="  ", break_on_hyphens=False,
+                         break_long_words=False)  # paths stay copyable
+
+
+def interrupted_message(run_dir) -> str:
+    """What Ctrl-C leaves: the resume hint only where `ltcil resume` has something to continue."""
+    if run_dir is None or not (Path(run_dir) / "config.yaml").exists():
+        return "interrupted."
+    from .engine.checkpoint import latest_checkpoint, partial_path
+
+    if latest_checkpoint(run_dir) is None and not partial_path(run_dir).exists():
+        return (f"interrupted before the first checkpoint; `ltcil resume {run_dir}` starts the run again from its "
+                "first task.")
+    return (f"interrupted; `ltcil resume {run_dir}` continues the run from its last checkpoint (the last finished "
+            "task, or inside the task when one was taken there: train.checkpoint_minutes).")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -255,6 +255,24 @@ _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.b
              "data.num_classes", "data.images_per_class", "two_stage.epochs", "data.stream_above_gb"}
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a config file, and all command-line overrides together (ltcil's own: a few KB)
+SHORT = 200  # values longer than this are cut in messages
+
+
+def short(value, limit: int = SHORT) -> str:
+    """repr(value), cut to about `limit` characters with the full length named: a 50 MB value pasted into a
+    config is one line of an error, not 50 MB of terminal."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} items" if isinstance(value, (list, dict, tuple)) else f"{len(text):,} characters"
+    return f"{text[:limit - 20]}...({size})"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 INT_LIMIT = 2**63  # integer keys become torch / numpy int64 values
 SEED_LIMIT = 2**32  # numpy's RandomState and torch's seeds take 0 <= seed < 2^32
@@ -281,7 +299,7 @@ def _coerce(value: Any, tp, key: str, where: str):
             except ConfigError:
                 continue
         names = " or ".join(_type_name(t) for t in typing.get_args(tp))
-        raise ConfigError(f"{where}{key}: expected {names}, got {value!r} ({type(value).__name__}).")
+        raise ConfigError(f"{where}{key}: expected {names}, got {short(value)} ({type(value).__name__}).")
     if tp is type(None):
         if value is None:
             return None
@@ -293,7 +311,7 @@ def _coerce(value: Any, tp, key: str, where: str):
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             if not -INT_LIMIT <= value < INT_LIMIT:
-                raise _BadValue(f"{where}{key}: {value!r} is out of range (|value| < 2^63).")
+                raise _BadValue(f"{where}{key}: {short(value)} is out of range (|value| < 2^63).")
             return value
     elif tp is float:
         number = None
@@ -303,7 +321,7 @@ def _coerce(value: Any, tp, key: str, where: str):
             number = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if number is not None:
             if not math.isfinite(number):
-                raise _BadValue(f"{where}{key}: {value!r} is not a finite number.")
+                raise _BadValue(f"{where}{key}: {short(value)} is not a finite number.")
             return number
     elif tp is str:
         if isinstance(value, str):
@@ -314,20 +332,20 @@ def _coerce(value: Any, tp, key: str, where: str):
     elif tp is dict or origin is dict:
         if isinstance(value, dict):
             return value
-    raise ConfigError(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+    raise ConfigError(f"{where}{key}: expected {_type_name(tp)}, got {short(value)} ({type(value).__name__}).")
 
 
 def unknown_key_error(key: str, valid, where: str) -> ConfigError:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(valid), n=1)
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
     hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
-    return ConfigError(f"{where}unknown config key {key!r}.{hint} Valid keys here: {', '.join(sorted(valid))}.")
+    return ConfigError(f"{where}unknown config key {short(key)}.{hint} Valid keys here: {', '.join(sorted(valid))}.")
 
 
 def build_dataclass(cls, values: dict, prefix: str, where: str):
     """Instantiate dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}{prefix or 'config'}: expected a mapping, got {values!r}.")
+        raise ConfigError(f"{where}{prefix or 'config'}: expected a mapping, got {short(values)}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -347,54 +365,54 @@ def _validate_ranges(cfg: Config, where: str) -> None:
     for dotted, choices in _CHOICES.items():
         value = _get(cfg, dotted)
         if value not in choices:
-            raise ConfigError(f"{where}{dotted}: {value!r} is not one of {', '.join(choices)}.")
+            raise ConfigError(f"{where}{dotted}: {short(value)} is not one of {', '.join(choices)}.")
     for dotted in _NON_NEGATIVE:
         value = _get(cfg, dotted)
         if value < 0:
-            raise ConfigError(f"{where}{dotted}: {value!r} must be >= 0.")
+            raise ConfigError(f"{where}{dotted}: {short(value)} must be >= 0.")
     for dotted in _POSITIVE:
         value = _get(cfg, dotted)
         if value <= 0:
-            raise ConfigError(f"{where}{dotted}: {value!r} must be > 0.")
+            raise ConfigError(f"{where}{dotted}: {short(value)} must be > 0.")
     for dotted in _SEEDS:
         if not 0 <= _get(cfg, dotted) < SEED_LIMIT:
             raise ConfigError(f"{where}{dotted}: {_get(cfg, dotted)!r} must be in 0 .. 2^32 - 1.")
     if cfg.train.lr <= 0:
-        raise ConfigError(f"{where}train.lr: {cfg.train.lr!r} must be > 0.")
+        raise ConfigError(f"{where}train.lr: {short(cfg.train.lr)} must be > 0.")
     if cfg.scenario.imbalance_factor < 1:
         raise ConfigError(
-            f"{where}scenario.imbalance_factor: {cfg.scenario.imbalance_factor!r} must be >= 1 "
+            f"{where}scenario.imbalance_factor: {short(cfg.scenario.imbalance_factor)} must be >= 1 "
             "(1 = balanced, 100 = CIFAR-100-LT)."
         )
     scale = cfg.train.crop_scale
     if not (len(scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                     for v in scale) and 0 < scale[0] <= scale[1] <= 1):
-        raise ConfigError(f"{where}train.crop_scale: {scale!r} must be [low, high] with 0 < low <= high <= 1.")
+                raise ConfigError(f"{where}train.crop_scale: {short(scale)} must be [low, high] with 0 < low <= high <= 1.")
     stats = (cfg.data.mean, cfg.data.std)
     if any(stats) and not (len(stats[0]) == len(stats[1]) > 0 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stats[0] + stats[1])
             and min(stats[1]) > 0):
-        raise ConfigError(f"{where}data.mean / data.std: {cfg.data.mean!r} / {cfg.data.std!r} must be two lists of "
+        raise ConfigError(f"{where}data.mean / data.std: {short(cfg.data.mean)} / {short(cfg.data.std)} must be two lists of "
                           "the same length (one value per channel), the std values > 0; leave both empty to use the "
                           "training split's statistics.")
     if cfg.data.workers < -1:
-        raise ConfigError(f"{where}data.workers: {cfg.data.workers!r} must be >= 0, or -1 for one per core.")
+        raise ConfigError(f"{where}data.workers: {short(cfg.data.workers)} must be >= 0, or -1 for one per core.")
     if not 1 <= cfg.data.pack_quality <= 95:
-        raise ConfigError(f"{where}data.pack_quality: {cfg.data.pack_quality!r} must be in 1 .. 95 (JPEG quality).")
+        raise ConfigError(f"{where}data.pack_quality: {short(cfg.data.pack_quality)} must be in 1 .. 95 (JPEG quality).")
     if not 0 <= cfg.gvalign.shrinkage <= 1:
-        raise ConfigError(f"{where}gvalign.shrinkage: {cfg.gvalign.shrinkage!r} must be in [0, 1].")
+        raise ConfigError(f"{where}gvalign.shrinkage: {short(cfg.gvalign.shrinkage)} must be in [0, 1].")
     if not 0 <= cfg.scenario.val_fraction < 1:
-        raise ConfigError(f"{where}scenario.val_fraction: {cfg.scenario.val_fraction!r} must be in [0, 1).")
+        raise ConfigError(f"{where}scenario.val_fraction: {short(cfg.scenario.val_fraction)} must be in [0, 1).")
     inc = cfg.scenario.increment
     if isinstance(inc, int) and inc < 0:
-        raise ConfigError(f"{where}scenario.increment: {inc!r} must be >= 0.")
+        raise ConfigError(f"{where}scenario.increment: {short(inc)} must be >= 0.")
     if isinstance(inc, list) and not all(isinstance(v, int) and v > 0 for v in inc):
-        raise ConfigError(f"{where}scenario.increment: every task size in {inc!r} must be a positive integer.")
+        raise ConfigError(f"{where}scenario.increment: every task size in {short(inc)} must be a positive integer.")
     order = cfg.scenario.order
     if isinstance(order, str) and order != "natural":
         if not order.startswith("seed:") or not order[5:].isdigit() or int(order[5:]) >= SEED_LIMIT:
             raise ConfigError(
-                f"{where}scenario.order: {order!r} is not valid; use 'natural', 'seed:N' with 0 <= N < 2^32 "
+                f"{where}scenario.order: {short(order)} is not valid; use 'natural', 'seed:N' with 0 <= N < 2^32 "
                 "(seed:1993 gives the iCaRL order) or an explicit list of class ids."
             )
     if isinstance(order, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in order):
@@ -403,18 +421,18 @@ def _validate_ranges(cfg: Config, where: str) -> None:
     values = jitter if isinstance(jitter, list) else [jitter]
     if (isinstance(jitter, list) and len(jitter) != 3) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
-        raise ConfigError(f"{where}train.color_jitter: {jitter!r} must be a strength >= 0 or a list of three "
+        raise ConfigError(f"{where}train.color_jitter: {short(jitter)} must be a strength >= 0 or a list of three "
                           "(brightness, contrast, saturation), e.g. [0.247, 0, 0].")
     first = cfg.train.first_task
     for key, value in (("milestones", cfg.train.milestones), ("first_task.milestones", first.milestones)):
         if value is not None and not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in value):
-            raise ConfigError(f"{where}train.{key}: {value!r} must be a list of positive epoch numbers.")
+            raise ConfigError(f"{where}train.{key}: {short(value)} must be a list of positive epoch numbers.")
     if cfg.train.first_task.weight_decay is not None and cfg.train.first_task.weight_decay < 0:
-        raise ConfigError(f"{where}train.first_task.weight_decay: {cfg.train.first_task.weight_decay!r} must be >= 0.")
+        raise ConfigError(f"{where}train.first_task.weight_decay: {short(cfg.train.first_task.weight_decay)} must be >= 0.")
     if cfg.eval.few_shot > cfg.eval.many_shot:
         raise ConfigError(f"{where}eval.few_shot ({cfg.eval.few_shot}) must not exceed eval.many_shot.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"{where}device: {cfg.device!r} is not one of auto, cpu, cuda, cuda:N.")
+        raise ConfigError(f"{where}device: {short(cfg.device)} is not one of auto, cpu, cuda, cuda:N.")
     if not isinstance(cfg.method.get("name"), str):
         raise ConfigError(f"{where}method.name: required, the name of a registered method (see `ltcil list methods`).")
 
@@ -429,15 +447,15 @@ def _get(cfg, dotted: str):
 def parse_override(text: str) -> tuple[str, Any]:
     """'train.epochs=2' -> ('train.epochs', 2); values are parsed as YAML scalars/lists."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=2).")
+        raise ConfigError(f"override {short(text)} is not of the form key=value (e.g. train.epochs=2).")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {text!r} has an empty key.")
+        raise ConfigError(f"override {short(text)} has an empty key.")
     try:
         value = parse_yaml(raw) if raw.strip() else ""
     except yaml.constructor.ConstructorError as exc:
-        raise ConfigError(f"override {text!r}: {exc.problem}.") from None
+        raise ConfigError(f"override {short(text)}: {exc.problem}.") from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -451,7 +469,7 @@ def apply_override(tree: dict, key: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {part!r} is not a section.")
+            raise ConfigError(f"override {key}: {short(part)} is not a section.")
         node = child
     node[parts[-1]] = value
 
@@ -475,7 +493,7 @@ class StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one section (first on line {seen[key] + 1})",
+                    None, None, f"key {short(key)} appears twice in one section (first on line {seen[key] + 1})",
                     key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
@@ -501,7 +519,7 @@ def read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist (see `ltcil list configs` for the shipped ones).")
     try:
-        tree = parse_yaml(read_text(path, "config file", ConfigError), str(path)) or {}
+        tree = parse_yaml(read_text(path, "config file", ConfigError, max_bytes=MAX_CONFIG_BYTES), str(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
@@ -563,11 +581,11 @@ def read_with_base(path: Path, chain: tuple = ()) -> dict:
     if base is None:
         return tree
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: expected the name or path of another config, got {base!r}.")
+        raise ConfigError(f"{path}: base: expected the name or path of another config, got {short(base)}.")
     candidate = path.parent / base
     base_path = candidate if candidate.exists() else resolve_config_path(base)
     if base_path.resolve() in chain:
-        raise ConfigError(f"{path}: base: {base!r} includes itself (cycle: {' -> '.join(map(str, chain))}).")
+        raise ConfigError(f"{path}: base: {short(base)} includes itself (cycle: {' -> '.join(map(str, chain))}).")
     parent = read_with_base(base_path, chain + (path.resolve(),))
     # Another method's options would not validate: a config naming a new method starts its section afresh.
     new_method = tree.get("method", {}).get("name") if isinstance(tree.get("method"), dict) else None
@@ -666,6 +684,12 @@ def load_config(path: Optional[str | Path], overrides: list[str] = ()) -> Config
     if not overrides:
         return from_dict(tree, where)
     from_dict(tree, where)  # the file alone first, so its own mistakes are reported against it
+    size = sum(len(text.encode("utf-8", "replace")) for text in overrides)
+    if size > MAX_CONFIG_BYTES:
+        longest = max(overrides, key=len)
+        raise ConfigError(f"command-line overrides: {_megabytes(size)} in all, above the {_megabytes(MAX_CONFIG_BYTES)} "
+                          f"a config may hold (the longest: {short(longest, 80)}); they were not parsed. Put long "
+                          "lists in a config file of their own.")
     for text in overrides:
         key, value = parse_override(text)
         apply_override(tree, key, value)
@@ -696,7 +720,7 @@ def resolve_config_path(path: str | Path) -> Path:
     if name in shipped and len(p.parts) == 1:
         return shipped[name]
     close = difflib.get_close_matches(name, list(shipped), n=1)
-    hint = f" Did you mean the shipped config {close[0]!r}?" if close else ""
+    hint = f" Did you mean the shipped config {short(close[0])}?" if close else ""
     raise ConfigError(f"config file {path} does not exist.{hint} `ltcil list configs` shows the shipped ones.")
 
 

@@ -18,13 +18,15 @@ import itertools
 import json
 import random
 import shutil
+import warnings
 from pathlib import Path
 
-from .config import Config, load_config
-from .engine.runner import Experiment
-from .errors import ConfigError
+from .config import Config, load_config, short
+from .engine.runner import Experiment, check_components, load_dataset
+from .errors import ConfigError, LtcilError
 from .evaluation.evaluator import evaluate_step, validation_accuracy
 from .reporting.results import build_results, write_json
+from .scenarios import build_scenario
 
 
 def split_values(text: str) -> list[str]:
@@ -84,12 +86,37 @@ def optuna_search(grid: dict[str, list[str]], trials: int, seed: int, evaluate) 
         study.tell(trial, evaluate(values))
 
 
-def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str]], out: Path,
-              random_count: int = 0, seed: int = 0, log=print, optuna_trials: int = 0) -> dict:
-    out = Path(out)
+def prepare(config: str | None, overrides: list[str], grid: dict[str, list[str]], random_count: int = 0,
+            seed: int = 0, optuna_trials: int = 0) -> tuple[list[dict], dict[str, Config]]:
+    """The candidates and their configs, every one checked before anything trains (or the sweep folder is
+    written): its keys and values, its method and components, and its scenario on the dataset's labels, so a
+    bad value in the grid fails in seconds, not after the first candidates have trained."""
     combos = candidates(grid, 0 if optuna_trials else random_count, seed)
-    configs: dict[str, Config] = {_key(c): load_config(config, [*overrides, "train.progress=false", *_overrides(c)])
-                                  for c in combos}  # every candidate validated before anything trains
+    configs: dict[str, Config] = {}
+    datasets: dict[str, object] = {}  # one load per distinct data section
+    for values in combos:
+        try:
+            cfg = load_config(config, [*overrides, "train.progress=false", *_overrides(values)])
+            check_components(cfg)
+            data_key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
+            if data_key not in datasets:
+                datasets[data_key] = load_dataset(cfg)
+            ds = datasets[data_key]
+            with warnings.catch_warnings():  # the candidate's own run warns, once, when it starts
+                warnings.simplefilter("ignore")
+                build_scenario(cfg.scenario, ds.train.labels, ds.test.labels, ds.num_classes,
+                               ds.val.labels if ds.val is not None else None)
+        except LtcilError as exc:
+            raise ConfigError(f"ltcil sweep: the candidate {short(values)} cannot run, so nothing was trained: "
+                              f"{exc}") from None
+        configs[_key(values)] = cfg
+    return combos, configs
+
+
+def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str]], out: Path,
+              random_count: int = 0, seed: int = 0, log=print, optuna_trials: int = 0, prepared=None) -> dict:
+    out = Path(out)
+    combos, configs = prepared or prepare(config, overrides, grid, random_count, seed, optuna_trials)
     num_tasks = None
     chosen: list[tuple[Path, Config]] = []
     search = f"optuna TPE, {optuna_trials} trials per task" if optuna_trials else (

@@ -100,6 +100,14 @@ def read_npz(path: Path, name: str, class_names: list[str] | None = None) -> Dat
         raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); replace the file.") from None
     if class_names is None:
         ids = np.unique(np.concatenate([s.labels for s in (train, test, val) if s is not None]))
+        for prefix, split in (("train", train), ("val", val), ("test", test)):
+            negative = split.labels[split.labels < 0] if split is not None else []
+            if len(negative):  # -1 is often "unlabelled": not a class, and not counted as one
+                valid = ids[ids >= 0]
+                span = f"; the others run {int(valid[0])}..{int(valid[-1])} ({len(valid)} classes)" if len(valid) else ""
+                raise DataError(f"{path}: '{prefix}_labels' holds label {int(negative[0])}, a negative one "
+                                f"({len(negative):,} images){span}. Labels must be class ids >= 0; drop unlabelled "
+                                "images (often marked -1) before saving the file.")
         class_names = [str(c) for c in ids.tolist()]
         if len(ids) and ids[0] >= 0 and ids[-1] != len(ids) - 1:  # e.g. {3, 7, 42}: renumber 0..K-1
             for split in (train, test, val):

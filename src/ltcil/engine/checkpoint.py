@@ -3,6 +3,9 @@ with torch.load(weights_only=True). One per finished task, and one inside the ru
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -18,9 +21,42 @@ def checkpoint_path(run_dir: Path, task_index: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"task_{task_index:03d}.pt"
 
 
+def state_bytes(state) -> int:
+    """About what `state` takes on disk: its tensors' bytes (the rest, numbers and names, is small)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 64
+
+
+# torch's zip writer reports a failed write (a full disk) as a RuntimeError: "[enforce fail at
+# inline_container.cc:672] . unexpected pos ..." or "PytorchStreamWriter failed writing file ...: file write failed"
+_WRITER_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")
+
+
+def _torch_save(state: dict, tmp: Path, needed: int) -> None:
+    try:
+        torch.save(state, tmp)
+    except RuntimeError as exc:
+        if not any(s in str(exc) for s in _WRITER_FAILURES):
+            raise
+        try:
+            full = shutil.disk_usage(Path(tmp).parent).free < needed + (1 << 20)
+        except OSError:
+            full = False
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from None
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise OSError(errno.EIO, f"the write failed ({first})", str(tmp)) from None
+
+
 def _save_atomic(path: Path, state: dict) -> Path:
     # atomic on POSIX: a crash, a full disk or a read-only folder leaves either the old file or the new one
-    return write_atomic(path, lambda tmp: torch.save(state, tmp),
+    needed = state_bytes(state)
+    return write_atomic(path, lambda tmp: _torch_save(state, tmp, needed), needed=needed,
                         kept="The checkpoints written before it are intact; free space and `ltcil resume` the run.")
 
 

@@ -9,6 +9,7 @@ import functools
 import inspect
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +21,7 @@ from ..data.augment import AugmentSpec
 from ..data.loader import DeviceData
 from ..data.stream import StreamedImages, default_workers
 from ..data.stream_loader import StreamData
-from ..errors import ConfigError, LtcilError
+from ..errors import ConfigError, LtcilError, LtcilWarning
 from ..evaluation.evaluator import evaluate_step
 from ..methods.base import train_class_counts
 from ..plugins import build_plugins
@@ -47,11 +48,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (not the host's count inside a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_threads(threads: int) -> int:
-    """Use the cores this process may run on (not the host's count inside a container), shared between the
-    processes torchrun started on this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Use the cores this process may run on, shared between the processes torchrun started on this machine.
+    More threads than cores only slow training (512 on 2 cores: 25x) and thousands crash OpenBLAS (it cannot
+    create them: a segfault), so train.threads is bounded by the usable cores, with a warning."""
+    cores = usable_cores()
     n = threads or distributed.cpu_threads_per_rank(cores)
+    if n > cores:
+        warnings.warn(LtcilWarning(f"train.threads={threads} is more than the {cores} core(s) this process may use; "
+                                   f"using {cores} (more threads than cores only slow training down)."))
+        n = cores
     torch.set_num_threads(n)
     return n
 
@@ -138,6 +149,13 @@ class Experiment:
             self.log(f"loaded {len(self.dataset.train):,} training and {len(self.dataset.test):,} test images of "
                      f"{self.dataset.num_classes} classes ({self.load_seconds:.1f}s); {len(self.tasks)} task(s) on "
                      f"{self.device}")
+        if len(self.tasks) == 1 and len(self.tasks[0].classes) == 1:  # every accuracy it reports is trivial
+            only = self.dataset.class_names[int(self.scenario.order[0])]
+            warnings.warn(LtcilWarning(
+                f"this run trains and tests a single class ({only!r}) in a single task: every test image is "
+                "predicted as that class, so its accuracy is 100% by construction and says nothing about the model; "
+                "give it at least 2 classes (scenario.initial, scenario.increment, scenario.order, "
+                "scenario.max_tasks)."))
         torch.manual_seed(task_seed(cfg.seed, 0, 3))  # the initial weights depend on the seed alone
         self.method, self.new_model = build_method(cfg, self.data.in_channels, self.data.image_size, self.device)
         self.plugins = build_plugins(cfg, self.method)  # cross-method stages (two_stage), run after each task
@@ -254,7 +272,11 @@ class Experiment:
             return
         from ..reporting.report import write_report
 
-        html_path, _ = write_report([self.run_dir], self.run_dir)
+        try:
+            html_path, _ = write_report([self.run_dir], self.run_dir)
+        except LtcilError as exc:  # e.g. the user's own report.md in the run folder: results.json is written
+            warnings.warn(LtcilWarning(f"the run's report was not written: {exc}"))
+            return
         if self.progress:
             self.log(f"report: {html_path}")
 

@@ -13,11 +13,12 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import LtcilError
+from ..errors import LtcilError, LtcilWarning
 from .results import check_schema
 
 PHASES = ("begin", "train", "end", "eval")
@@ -289,7 +290,7 @@ def markdown_table(table: Table) -> str:
 
 def markdown_report(runs: list[Run], generated: str) -> str:
     return "\n".join([
-        "# ltcil report", "", f"{len(runs)} run(s), generated {generated}. Accuracies are top-1 in %.", "",
+        MD_MARK, "# ltcil report", "", f"{len(runs)} run(s), generated {generated}. Accuracies are top-1 in %.", "",
         "## Summary", "", markdown_table(summary_table(runs)), "",
         "## Accuracy after each task", "", markdown_table(accuracy_table(runs)), "",
         "## Hardest classes after the last task", "", markdown_table(hardest_classes_table(runs)), "",
@@ -340,8 +341,8 @@ def html_report(runs: list[Run], figures: list[tuple[str, str, str | None]], gen
     parts += ["<h2>Config differences</h2>", _config_diff_html(runs), "<h2>Run folders</h2>",
               "<ul>" + "".join(f"<li>{esc(run.name)} ({esc(run.method)}): <code>{esc(str(run.path))}</code></li>"
                                for run in runs) + "</ul>"]
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ltcil report: {esc(names)}'
-            f"</title><style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{HTML_MARK}<title>ltcil report: '
+            f"{esc(names)}</title><style>{CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
 def _config_diff_html(runs: list[Run]) -> str:
@@ -363,18 +364,71 @@ def default_out_dir(run_dirs: list[Path]) -> Path:
     return Path("reports") / f"report_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+# What marks a report ltcil wrote, so `--out` never overwrites a user's own report.md / report.html: the mark
+# ltcil writes now, or how ltcil's reports began before it did.
+MD_MARK = "<!-- written by `ltcil report`, which may replace this file -->"
+HTML_MARK = '<meta name="generator" content="ltcil report">'
+_OWN_STARTS = {"report.md": (MD_MARK, "# ltcil report\n"),
+               "report.html": ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ltcil report:',)}
+
+
+def _written_by_ltcil(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(400)
+    except OSError:
+        return False
+    return head.startswith(_OWN_STARTS[path.name]) or HTML_MARK in head
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out whose report.md / report.html ltcil did not write (the user's own), before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LtcilError(f"report folder {out} is a file, not a folder; choose another --out.")
+    foreign = [name for name in ("report.md", "report.html")
+               if (out / name).exists() and ((out / name).is_dir() or not _written_by_ltcil(out / name))]
+    if foreign:
+        raise LtcilError(f"{out} already holds {' and '.join(foreign)} that ltcil did not write; nothing was "
+                         "written, so they stay as they are. Choose another --out, or move them away.")
+
+
+SCENARIO_KEYS = ("data.name", "data.subset", "scenario.order", "scenario.initial", "scenario.increment",
+                 "scenario.imbalance_factor", "scenario.longtail_profile", "scenario.longtail_by", "scenario.seed")
+
+
+def warn_different_scenarios(runs: list[Run]) -> None:
+    """Runs on different data or scenarios are not comparable number for number: say which keys differ."""
+    if len(runs) < 2:
+        return
+
+    def get(run: Run, dotted: str):
+        section, key = dotted.split(".")
+        return (run.config.get(section) or {}).get(key)
+
+    differ = [k for k in SCENARIO_KEYS if len({json.dumps(get(r, k), sort_keys=True) for r in runs}) > 1]
+    if differ:
+        shown = "; ".join(f"{k}: " + ", ".join(f"{r.name}={json.dumps(get(r, k))[:60]}" for r in runs)
+                          for k in differ[:4])
+        warnings.warn(LtcilWarning(f"the runs in this report do not share a scenario ({shown}"
+                                   f"{' ...' if len(differ) > 4 else ''}): their accuracies are not comparable "
+                                   "number for number."))
+
+
 def write_report(run_dirs: list[Path], out: Path | None = None) -> tuple[Path, Path]:
     """Write report.html and report.md into `out` (see default_out_dir); returns their paths."""
     if not run_dirs:
         raise LtcilError("`ltcil report` needs at least one run folder.")
+    out = Path(out) if out is not None else default_out_dir(run_dirs)
+    check_out(out)
     plots = load_plots()  # before any work: a missing matplotlib should fail at once
     runs = [load_run(Path(d)) for d in run_dirs]
     _unique_names(runs)
+    warn_different_scenarios(runs)
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     # build both documents before writing, so a failure leaves no half-written report behind
     page = html_report(runs, plots.all_figures(runs), generated)
     summary = markdown_report(runs, generated)
-    out = Path(out) if out is not None else default_out_dir(run_dirs)
     html_path, md_path = out / "report.html", out / "report.md"
     try:
         out.mkdir(parents=True, exist_ok=True)
