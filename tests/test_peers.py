@@ -303,3 +303,25 @@ def test_shared_start_chooses_the_memory_again_with_the_model_it_was_given(tmp_p
     assert chosen(other["memory"]) != chosen(before["memory"])
     assert not torch.allclose(other["class_means"], before["class_means"])
     assert set(shared_start.seen_class_accuracy(tmp_path / "other")) == {"linear", "nme"}
+
+
+def test_facil_peers_run_the_reference_script_and_seed_the_split_not_the_order(tmp_path):
+    # Long-Tailed-CIL / imbalanced_cil fix the class order per scenario; the seed trains and draws the split
+    repo = tmp_path / "imbalanced_cil"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "main_incremental.py").write_text("")
+    args = harness.parse_args(["--peer", "imbalanced-cil", "--repo", str(repo), "--peer-python", "py",
+                               "--methods", "dgr_lt", "--epochs", "5", "--tasks", "4", "--seed-list", "0",
+                               "--out", str(tmp_path / "out")])
+    rec = args.recipes[0]
+    cmd = harness.peer_command(args, rec, 0, tmp_path / "r.json")
+    assert cmd[cmd.index("--approach") + 1] == "DGR" and cmd[cmd.index("--scenario") + 1] == "lt"
+    assert cmd[cmd.index("--stop-at") + 1] == "4" and cmd[cmd.index("--first") + 1] == "50"
+    assert cmd[cmd.index("--milestones") + 1:cmd.index("--milestones") + 3] == ["3", "4"]  # 80, 120 of 160
+    overrides = recipes.ltcil_overrides(rec, epochs=5, seed=0, tasks=4, data_root="/data")
+    cfg = load_config(rec.config, overrides)
+    assert cfg.scenario.order == "seed:1993" and cfg.scenario.seed == 0 and cfg.train.milestones == [3, 4]
+    assert cfg.scenario.val_rule == "facil" and cfg.scenario.longtail_images == "ldam_drw"
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--peer", "imbalanced-cil", "--repo", str(tmp_path), "--peer-python", "py",
+                            "--out", str(tmp_path / "out")])

@@ -387,14 +387,14 @@ def _validate_ranges(cfg: Config, where: str) -> None:
     scale = cfg.train.crop_scale
     if not (len(scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                     for v in scale) and 0 < scale[0] <= scale[1] <= 1):
-                raise ConfigError(f"{where}train.crop_scale: {short(scale)} must be [low, high] with 0 < low <= high <= 1.")
+        raise ConfigError(f"{where}train.crop_scale: {short(scale)} must be [low, high] with 0 < low <= high <= 1.")
     stats = (cfg.data.mean, cfg.data.std)
     if any(stats) and not (len(stats[0]) == len(stats[1]) > 0 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in stats[0] + stats[1])
             and min(stats[1]) > 0):
-        raise ConfigError(f"{where}data.mean / data.std: {short(cfg.data.mean)} / {short(cfg.data.std)} must be two lists of "
-                          "the same length (one value per channel), the std values > 0; leave both empty to use the "
-                          "training split's statistics.")
+        raise ConfigError(f"{where}data.mean / data.std: {short(cfg.data.mean)} / {short(cfg.data.std)} must be "
+                          "two lists of the same length (one value per channel), the std values > 0; leave both empty "
+                          "to use the training split's statistics.")
     if cfg.data.workers < -1:
         raise ConfigError(f"{where}data.workers: {short(cfg.data.workers)} must be >= 0, or -1 for one per core.")
     if not 1 <= cfg.data.pack_quality <= 95:
