@@ -325,3 +325,22 @@ def test_facil_peers_run_the_reference_script_and_seed_the_split_not_the_order(t
     with pytest.raises(SystemExit):
         harness.parse_args(["--peer", "imbalanced-cil", "--repo", str(tmp_path), "--peer-python", "py",
                             "--out", str(tmp_path / "out")])
+
+
+def test_facil_adapter_passes_the_reference_scripts_cifar100_settings():
+    import argparse
+
+    import facil_adapter
+
+    a = argparse.Namespace(seed=1, scenario="ltio", tasks=11, epochs=5, approach="DGR", first=50, workers=0,
+                           stop_at=4, milestones=[3, 4], save_models=None, extra=[])
+    args = facil_adapter.script_args(a, "/tmp/results")
+    value = {k: args[i + 1] for i, k in enumerate(args[:-1]) if k.startswith("--")}
+    # script/main.sh (imbalanced_cil) and scripts/script_cifar100_no_gridsearch.sh (Long-Tailed-CIL), CIFAR-100
+    assert value["--datasets"] == "cifar100_ltio" and value["--network"] == "resnet32"
+    assert (value["--lr"], value["--lr-factor"], value["--momentum"], value["--weight-decay"]) == ("0.1", "10", "0.9",
+                                                                                                   "5e-4")
+    assert value["--batch-size"] == "128" and value["--num-exemplars-per-class"] == "20"
+    assert value["--exemplar-selection"] == "herding" and value["--nc-first-task"] == "50"
+    assert value["--stop-at-task"] == "4" and value["--nepochs"] == "5" and value["--seed"] == "1"
+    assert args[args.index("--schedule_step") + 1:args.index("--schedule_step") + 3] == ["3", "4"]

@@ -20,6 +20,9 @@ Adaptations, all applied in memory (nothing in the checkout is edited):
   labels) into .data (N, 32, 32, 3 uint8) and .targets, so the reference's IMBALANCECIFAR100 subclass
   subsamples exactly what it would from the downloaded files.
 - device: the released DGR moves tensors with `.cuda()`; without a GPU `torch.Tensor.cuda` returns the tensor.
+- torch version: LUCIR's margin ranking passes (N, 1) scores with an (N,) target, which the torch of its time
+  broadcast to an N x N matrix of N equal columns (the same mean) and torch 2 refuses; the target is reshaped
+  to the scores' shape.
 - workers: --num-workers (default 0; the scripts ask for 4, this machine has 2 cores and training threads need them).
 - results: main() returns FACIL's task-agnostic accuracy matrix; each step's accuracy over all seen classes is its
   class-weighted mean (FACIL's wavg_accs_tag; the test set is balanced, so it is top-1 over the seen classes).
@@ -79,11 +82,22 @@ def patch_cifar(archive: Path, index_images: bool = False) -> None:
     torchvision.datasets.CIFAR100.__init__ = init
 
 
-def patch_cpu() -> None:
+def patch_torch() -> None:
     import torch
+    import torch.nn.functional as F
 
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self
+    margin_ranking = F.margin_ranking_loss
+
+    def margin_ranking_same_shape(input1, input2, target, *args, **kwargs):
+        # LUCIR's margin ranking passes (N, 1) scores with an (N,) target of ones; the torch of its time broadcast
+        # them (an N x N matrix of N equal columns, so the same mean), torch >= 2 refuses the shapes
+        if target.dim() != input1.dim():
+            target = target.view_as(input1)
+        return margin_ranking(input1, input2, target, *args, **kwargs)
+
+    F.margin_ranking_loss = margin_ranking_same_shape
 
 
 def script_args(a, results: str) -> list[str]:
@@ -158,11 +172,13 @@ def main() -> None:
     repo = a.repo.resolve()
     archive = (a.data / "cifar-100-python.tar.gz").resolve()
     out_path = a.out.resolve()
+    if a.save_models:
+        a.save_models = a.save_models.resolve()  # before the change of working folder below
     work = Path(tempfile.mkdtemp(prefix="facil_"))
     os.chdir(work)  # the reference writes ../data and its results relative to the working folder
     sys.path.insert(0, str(repo / "src"))
     patch_cifar(archive, index_images=a.scenario_only)
-    patch_cpu()
+    patch_torch()
     import torch
 
     if a.threads:

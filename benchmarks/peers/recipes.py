@@ -35,6 +35,13 @@ class Recipe:
     # FACIL-based peers fix the order per scenario and seed training and the validation split (scenario.seed=N)
 
 
+def _facil(peer: str, method: str, config: str, classifier: str, approach: str, scenario: str) -> "Recipe":
+    """A FACIL-based peer's recipe: its approach on its scenario (lt: shuffled, ltio: ordered), 50 + 10 x 5 classes;
+    the class order is the scenario's, the seed trains and draws the validation split."""
+    return Recipe(peer, method, config, {"cnn": classifier}, epoch_keys=("train.epochs",), order_from_seed=False,
+                  peer_args=("--approach", approach, "--scenario", scenario, "--first", "50", "--tasks", "11"))
+
+
 _ALL = (
     Recipe("pycil", "finetune", "finetune_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
     Recipe("pycil", "lwf", "lwf_resnet32_cifar100_b0inc10_pycil", {"cnn": "logits"}),
@@ -48,13 +55,15 @@ _ALL = (
     Recipe("avalanche", "naive", "finetune_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "lwf", "lwf_resnet32_cifar100_b0inc10_avalanche", {"cnn": "logits"}),
     Recipe("avalanche", "icarl", "icarl_resnet32_cifar100_b0inc10_avalanche", {"nme": "nme"}),
-    # FACIL-based long-tailed references (benchmarks/peers/facil_adapter.py): CIFAR-100-LT IF 100, 50 + 10 x 5
-    Recipe("imbalanced-cil", "dgr_lt", "dgr_resnet32_cifar100lt_shuffled_b50inc5", {"cnn": "logits"},
-           epoch_keys=("train.epochs",), order_from_seed=False,
-           peer_args=("--approach", "DGR", "--scenario", "lt", "--first", "50", "--tasks", "11")),
-    Recipe("imbalanced-cil", "dgr_ltio", "dgr_resnet32_cifar100lt_ordered_b50inc5", {"cnn": "logits"},
-           epoch_keys=("train.epochs",), order_from_seed=False,
-           peer_args=("--approach", "DGR", "--scenario", "ltio", "--first", "50", "--tasks", "11")),
+    # FACIL-based long-tailed references (benchmarks/peers/facil_adapter.py): CIFAR-100-LT IF 100, 50 + 10 x 5;
+    # Liu et al.'s second stage keeps its 30 epochs at any parity schedule, on both sides
+    *(_facil(peer, f"{name}_{scenario}", f"{config}_{order}_b50inc5{suffix}", classifier, approach, scenario)
+      for peer, name, config, suffix, classifier, approach in (
+          ("imbalanced-cil", "dgr", "dgr_resnet32_cifar100lt", "", "logits", "DGR"),
+          ("long-tailed-cil", "lucir", "lucir_resnet32_cifar100lt", "_facil", "linear", "lucir"),
+          ("long-tailed-cil", "lucir_2stage", "lucir_two_stage_resnet32_cifar100lt", "_facil", "two_stage",
+           "lucir_2stage"))
+      for scenario, order in (("lt", "shuffled"), ("ltio", "ordered"))),
 )
 FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil")  # peers run through facil_adapter.py from a --repo checkout
 RECIPES: dict[tuple[str, str], Recipe] = {(r.peer, r.method): r for r in _ALL}

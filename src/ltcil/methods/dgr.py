@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..heads.linear import IncrementalLinear
 from ..registry import register_method
+from .base import train_class_counts
 from .distillation_base import TeacherMethod
 
 
@@ -190,7 +191,9 @@ class DGR(TeacherMethod):
         n = self.model.num_classes
         learned = torch.zeros(n, dtype=torch.float64)
         learned[: len(self.learned_counts)] = self.learned_counts.double()
-        learned[self.old_classes : n] = self.train_counts[self.old_classes : n].double().cpu()
+        # the task's own images of its classes (what the memory budget later takes from them)
+        own = train_class_counts(ctx, task.train_indices, n)
+        learned[self.old_classes : n] = own[self.old_classes :].double().cpu()
         self.learned_counts = learned
         super().end_task(task, ctx)
 
