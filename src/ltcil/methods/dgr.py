@@ -74,6 +74,7 @@ class DGR(TeacherMethod):
         self.learned_counts = torch.zeros(0)  # training images each class had in the task that brought it
         self.phi = torch.zeros(0)  # per-class CE gradient norms accumulated over this task's steps
         self._hooks: list = []
+        self._priors = None  # (lost images per old class, n_old, n_new) of the current task
         self.last_weights = None  # the latest step's per-class factors (alpha * r), for tests and inspection
 
     @classmethod
@@ -88,21 +89,21 @@ class DGR(TeacherMethod):
         super().begin_task(task, ctx)
         if not isinstance(self.model.head, IncrementalLinear):
             raise ConfigError("method dgr reweights the rows of a linear head; this network has another head.")
-        self.phi = torch.zeros(self.model.num_classes, dtype=torch.float64)
+        self.phi = torch.zeros(self.model.num_classes, dtype=torch.float64, device=self.device)
+        self._priors = None
 
-    # --- the task's priors, from what it trains on (its data plus the memory) ---------------------------
-    def _counts(self) -> np.ndarray:
-        return self.train_counts.double().cpu().numpy()
-
+    # --- the task's priors, from what it trains on (its data plus the memory): fixed within a task ---------
     def _old_new(self):
-        """(images each old class had when learned, images each lost to the memory budget, n_old, n_new)."""
-        counts = self._counts()
-        old = self.old_classes
-        learned = self.learned_counts[:old].double().numpy()
-        lost = np.clip(learned - counts[:old], 0, None)
-        return learned, lost, float(learned.sum()), float(counts[old:].sum())
+        """(images each old class lost to the memory budget, n_old, n_new), computed once per task."""
+        if self._priors is None:
+            counts = self.train_counts.double().cpu().numpy()
+            old = self.old_classes
+            learned = self.learned_counts[:old].double().numpy()
+            lost = np.clip(learned - counts[:old], 0, None)
+            self._priors = (lost, float(learned.sum()), float(counts[old:].sum()))
+        return self._priors
 
-    # --- one step ------------------------------------------------------------------------------------------
+    # --- one step: everything stays on the device (no host synchronisation per step) -----------------------
     def _release_hooks(self):
         for handle in self._hooks:
             handle.remove()
@@ -134,11 +135,11 @@ class DGR(TeacherMethod):
             prior = self.train_counts[: logits.shape[1]].to(logits.device)
             adjusted = logits + torch.log((prior / prior.sum()).clamp_min(1e-12)).to(logits.dtype)
         ce = F.cross_entropy(adjusted.float(), y)
+        kd = None
         if self.teacher is None:
             losses = {"loss": ce, "ce": ce}
-            kd = None
         else:
-            learned, lost, n_old, n_new = self._old_new()
+            lost, n_old, n_new = self._old_new()
             teacher = self.teacher_logits(x)
             student = logits[:, : self.old_classes]
             raw = dakd_loss(student, teacher, lost, self.options.T) if self.options.dakd else \
@@ -154,30 +155,29 @@ class DGR(TeacherMethod):
         params = [head.weight] + ([head.bias] if head.bias is not None else [])
         g_ce = torch.autograd.grad(ce, params, retain_graph=True)  # the head's part of the graph only
         w_ce, b_ce = g_ce[0], (g_ce[1] if len(g_ce) > 1 else None)
-        norms = w_ce.norm(dim=1).detach().double().cpu()  # per class: its weight row's (as released)
-        self.phi += norms
+        norms = w_ce.detach().norm(dim=1).double()  # per class: its weight row's (as released)
+        self.phi = self.phi.to(norms.device) + norms
         old = self.old_classes
         if kd is None:  # first task: alpha over every class
             alpha = self.phi.min() / self.phi.clamp_min(1e-12)
-            scale = alpha.to(w_ce)
             self.last_weights = alpha
+            scale = alpha.to(w_ce.dtype)
             self._set_head_gradient(w_ce * scale[:, None], None if b_ce is None else b_ce * scale)
             return
         g_kd = torch.autograd.grad(kd, params, retain_graph=True)
         w_kd, b_kd = g_kd[0], (g_kd[1] if len(g_kd) > 1 else None)
         phi_old, phi_new = self.phi[:old], self.phi[old:]
         alpha = torch.cat([phi_old.min() / phi_old.clamp_min(1e-12), phi_new.min() / phi_new.clamp_min(1e-12)])
-        ratio = float(phi_new.mean() / max(float(phi_old.mean()), 1e-12))
-        learned, lost, n_old, n_new = self._old_new()
+        ratio = phi_new.mean() / phi_old.mean().clamp_min(1e-12)
+        _, n_old, n_new = self._old_new()
         gamma = float(np.exp(-self.options.attenuation * n_old / (n_old + n_new)))
-        alpha[:old] *= min(1.0, ratio)  # task-balance ratio of the old classes
-        alpha[old:] *= min(1.0, ratio * gamma)  # of the new ones, attenuated
+        alpha = torch.cat([alpha[:old] * ratio.clamp(max=1.0),  # task-balance ratio of the old classes
+                           alpha[old:] * (ratio * gamma).clamp(max=1.0)])  # of the new ones, attenuated
         self.last_weights = alpha
         # the distillation gradient rescaled to the norm of the reweighted CE gradient (per-class norms)
-        kd_norms = w_kd[:old].norm(dim=1).detach().double().cpu()
-        rescale = float(torch.linalg.vector_norm(alpha * norms) / max(float(torch.linalg.vector_norm(kd_norms)),
-                                                                        1e-12))
-        scale = alpha.to(w_ce)
+        kd_norms = w_kd[:old].detach().norm(dim=1).double()
+        rescale = ((alpha * norms).norm() / kd_norms.norm().clamp_min(1e-12)).to(w_ce.dtype)
+        scale = alpha.to(w_ce.dtype)
         weight = w_ce * scale[:, None]
         weight[:old] += rescale * w_kd[:old]
         bias = None
@@ -202,7 +202,7 @@ class DGR(TeacherMethod):
         return {"phi": self.phi.clone()}
 
     def load_epoch_state(self, state):
-        self.phi = state["phi"].clone().double()
+        self.phi = state["phi"].clone().double().to(self.device)
 
     def state_dict(self):
         return {**super().state_dict(), "learned_counts": self.learned_counts.clone()}
