@@ -1,8 +1,9 @@
 """ltcil's long-tailed CIFAR-100 holds, image for image, what the long-tailed CIL reference code trains and validates
-on (xialeiliu/Long-Tailed-CIL at 7db6317 and JiangpengHe/imbalanced_cil at 3118f67 build the same).
+on (xialeiliu/Long-Tailed-CIL at 7db6317 and JiangpengHe/imbalanced_cil at 3118f67 build the same), shuffled (`lt`),
+ordered (`ltio`) and conventional (`conv`).
 
 The pinned digests and counts were printed by the references themselves, unmodified, in their own venv:
-    python benchmarks/peers/facil_adapter.py --repo <checkout> --scenario lt|ltio --first 50 --tasks 11 \
+    python benchmarks/peers/facil_adapter.py --repo <checkout> --scenario lt|ltio|conv --first 50 --tasks 11 \
         --seed 0|1 --scenario-only --data ../shared/data --out scenario.json
 (SHA-256 of the sorted indices into the archive's training split of the images in training and in validation.)
 """
@@ -21,14 +22,17 @@ from ltcil.scenarios.tasks import build_scenario
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# (scenario.order, seed) -> (train digest, validation digest, training images of the first task's 50 classes)
+# (scenario.order, seed, imbalance factor) -> (train digest, validation digest, training images of the first task)
 REFERENCE = {
-    ("seed:1993", 0): ("7770f2ffd0ad512e66ff09d68e0d8662a2df593acc91f52dcc875696c5d0313e",
+    ("seed:1993", 0, 100): ("7770f2ffd0ad512e66ff09d68e0d8662a2df593acc91f52dcc875696c5d0313e",
                        "088a34b7ae9dd497cebd74c40e56ca5e64ee4974b68207168d0b6bd0ca7892e1", 4719),
-    ("natural", 0): ("2922a4288f564d2f103115bc8067e57077f3467b4e64266577e930086f7645a9",
+    ("natural", 0, 100): ("2922a4288f564d2f103115bc8067e57077f3467b4e64266577e930086f7645a9",
                      "0ddecac7253127f0d5cd58f43411027b08f8d246d28720032eedafe2468a794e", 8908),
-    ("seed:1993", 1): ("e88dc5e54fee6ddf47ce52c33c528d33ead10757f26b63e79d0e466ce7c06e9e",
+    ("seed:1993", 1, 100): ("e88dc5e54fee6ddf47ce52c33c528d33ead10757f26b63e79d0e466ce7c06e9e",
                        "56ecc3ad1ca582ac3690f2d3d7204f0b40866412a7f3a51c9e950eaaad462e08", 4719),
+    # the conventional setting ('conv'): every image, FACIL's split of the balanced data
+    ("seed:1993", 0, 1): ("c3d9e238d2bafd2704c90b049f9e7f71932bec37bdd5629ce06af9cdbe56ec21",
+                          "89787120c8534838e0bf89582a958b169eaded016935a36d3a0cc32dc166254c", 22500),
 }
 # the reference's shuffled order (dataset_config.py 'cifar100_lt'): iCaRL's numpy seed-1993 permutation
 SHUFFLED_HEAD = [68, 56, 78, 8, 23, 84, 90, 65, 74, 76]
@@ -39,8 +43,8 @@ def _digest(idx: np.ndarray) -> str:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("order,seed", sorted(REFERENCE))
-def test_long_tailed_cifar100_holds_the_reference_images(order, seed):
+@pytest.mark.parametrize("order,seed,imbalance", sorted(REFERENCE))
+def test_long_tailed_cifar100_holds_the_reference_images(order, seed, imbalance):
     archive = SHARED_DATA / "cifar-100-python.tar.gz"
     if not archive.exists():
         pytest.skip(f"{archive} is absent (integration data lives in ../shared/data beside the repository)")
@@ -48,7 +52,7 @@ def test_long_tailed_cifar100_holds_the_reference_images(order, seed):
     from ltcil.data.cifar import load_cifar100
 
     ds = load_cifar100(DataConfig(name="cifar100", root=str(SHARED_DATA), download=False))
-    cfg = ScenarioConfig(order=order, initial=50, increment=5, imbalance_factor=100, longtail_images="ldam_drw",
+    cfg = ScenarioConfig(order=order, initial=50, increment=5, imbalance_factor=imbalance, longtail_images="ldam_drw",
                          val_fraction=0.1, val_rule="facil", seed=seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -57,9 +61,10 @@ def test_long_tailed_cifar100_holds_the_reference_images(order, seed):
     assert any("class 95 trains on 1 image" in str(w.message) for w in caught) == (order == "natural")
     train = np.concatenate([t.train_indices for t in sc.tasks])
     val = np.concatenate([t.val_indices for t in sc.tasks])
-    want_train, want_val, first = REFERENCE[(order, seed)]
+    want_train, want_val, first = REFERENCE[(order, seed, imbalance)]
     assert (_digest(train), _digest(val)) == (want_train, want_val)
-    assert len(train) + len(val) == 10847  # int(500 * 0.01^(i/99)) summed: CIFAR-100-LT IF 100
+    # int(500 * 0.01^(i/99)) summed: CIFAR-100-LT IF 100
+    assert len(train) + len(val) == (10847 if imbalance == 100 else 50000)
     assert len(sc.tasks) == 11 and sc.tasks[0].num_classes == 50
     assert len(sc.tasks[0].train_indices) == first
     if order != "natural":

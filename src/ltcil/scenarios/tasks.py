@@ -159,7 +159,7 @@ def build_scenario(
         wanted = np.minimum(np.maximum(profile[position], 1), available)
     else:
         wanted = available
-    if cfg.longtail_images == "ldam_drw":
+    if cfg.longtail_images == "ldam_drw" and cfg.imbalance_factor > 1:  # balanced: every image, in dataset order
         in_order = subsample_ldam_drw(train_labels, dict(zip(order.tolist(), wanted.tolist())), 0)
         kept = {c: np.sort(idx) for c, idx in in_order.items()}
     else:
