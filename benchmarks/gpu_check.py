@@ -4,6 +4,12 @@ ends (a timeout keeps what finished):
     python3 benchmarks/gpu_check.py --out $OUT                # on the GPU machine, from the repository root
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu   # the same steps on the CPU with tiny data (CI)
 
+Where the CIFAR-100 archive cannot travel (the device tool takes 64 MiB), take the first tasks' classes along:
+    python benchmarks/cifar_subset.py --classes 20 --out gpu_data/cifar100_first20.npz   # here; 32 MiB
+    python3 benchmarks/gpu_check.py --out /tmp/gc --data gpu_data/cifar100_first20.npz  # there (carry gpu_data)
+full_run then runs the first tasks of the same iCaRL run (same order, full-archive normalisation) and projects
+the wall time of all ten.
+
 No install is needed beyond `PYTHONPATH=src` (set here for the subprocesses) or `pip install --no-deps -e .`.
 Steps, in this order (the full schedule last, with whatever time is left):
   env         GPU name and memory, torch / CUDA / cuDNN versions, Python
@@ -166,7 +172,7 @@ def step_smoke(check: Check, device: str) -> None:
 
 
 def step_throughput(check: Check, device: str, data: str) -> None:
-    cmd = [sys.executable, "benchmarks/train_throughput.py", "--device", device, "--floor"]  # + the bare step
+    cmd = [sys.executable, "benchmarks/train_throughput.py", "--device", device, "--floor", "--amp"]  # + bare step
     if check.dry_run:
         cmd += ["--synthetic", "400", "--steps", "1", "--warmup", "1", "--workers", "0", "--compile", "off", "eager"]
     else:
@@ -191,16 +197,19 @@ def step_streaming(check: Check, device: str) -> None:
     check.record("streaming", ok, seconds, rows=rows, tail=None if ok else output[-3000:])
 
 
-def step_full_run(check: Check, device: str, data: str) -> None:
+def step_full_run(check: Check, device: str, data: str, more: list) -> None:
     """The published schedule: the first task, the projected wall time of all tasks from it, then as many further
     tasks as the time left allows (full_run.py resumes the same run folder)."""
     run_dir = check.out / "full_icarl"
     if check.dry_run:
         config, extra = "quickstart_digits", [*tiny_overrides(), "method.name=icarl", "train.first_task.epochs=2"]
+    elif data.endswith(".npz"):  # the first classes of the same order (benchmarks/cifar_subset.py)
+        side = json.loads(Path(data).with_suffix(".json").read_text())
+        config, extra = "icarl_resnet32_cifar100_b0inc10_pycil", [*side["overrides"], "data.root=" + data]
     else:
         config, extra = "icarl_resnet32_cifar100_b0inc10_pycil", ["data.root=" + data, "data.download=false"]
     base = [sys.executable, "benchmarks/full_run.py", "--config", config, "--out", str(run_dir),
-            "--set", f"device={device}", *extra]
+            "--set", f"device={device}", *extra, *more]
 
     def lines(text, prefix):
         return [json.loads(line) for line in text.splitlines() if line.startswith(prefix)]
@@ -211,20 +220,24 @@ def step_full_run(check: Check, device: str, data: str) -> None:
         return
     first = lines(output, '{"task"')[0]
     results = json.loads((run_dir / "results.json").read_text())
-    total = len(results["tasks"])
+    available = len(results["tasks"])  # the tasks the data holds; a class subset holds the first few
+    scenario = results["config"]["scenario"]
+    total = available if not data.endswith(".npz") else \
+        1 + -(-(side["full_classes"] - scenario["initial"]) // scenario["increment"])
     cfg = results["config"]["train"]
     # a later task trains on the new classes plus the memory (B0-Inc10: 7,000 images instead of 5,000) for
     # train.epochs epochs, with a teacher forward (about a third of a step)
     later_images = first["train_images"] / (cfg["first_task"]["epochs"] or cfg["epochs"]) * cfg["epochs"] * 7 / 5
     per_later = first["train"] / first["train_images"] * later_images * 1.35 + first["end"] + first["eval"]
     projected = seconds + (total - 1) * per_later
-    todo = min(total, 1 + int(max(0.0, check.left() - 20) // per_later))
+    todo = min(available, 1 + int(max(0.0, check.left() - 20) // per_later))
     if todo > 1:
         ok, more, more_s = check.run("full_run", base + [f"scenario.max_tasks={todo}"], check.left() - 5)
         output, seconds = output + more, seconds + more_s
     summary = lines(output, '{"config"')[-1]
     results = json.loads((run_dir / "results.json").read_text())
-    check.record("full_run", ok, seconds, config=config, tasks_done=len(results["accuracy"]), total_tasks=total,
+    check.record("full_run", ok, seconds, config=config, data=Path(data).name, tasks_done=len(results["accuracy"]),
+                 total_tasks=total,
                  accuracy=results["accuracy"], average_incremental_accuracy=results["average_incremental_accuracy"],
                  published=None if check.dry_run else PUBLISHED_ICARL_PYCIL, projected_full_wall_s=round(projected),
                  first_task_images_per_s=first["train_images_per_s"], gpu=summary.get("gpu"),
@@ -236,7 +249,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny data: every step's code path, in minutes")
     p.add_argument("--budget", type=float, default=530, help="seconds for all steps (default fits a 9-min slot)")
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder with the CIFAR-100 archive")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
+                   help="folder with the CIFAR-100 archive, or a class subset .npz from benchmarks/cifar_subset.py")
+    p.add_argument("--set", nargs="*", default=[], help="extra overrides for full_run (e.g. a short schedule)")
+    p.add_argument("--cpu", action="store_true", help="run the real steps on the CPU (checks the script itself)")
     p.add_argument("--steps", nargs="+",
                    default=["env", "gpu_tests", "torchrun", "smoke", "throughput", "streaming", "full_run"])
     args = p.parse_args()
@@ -244,15 +260,15 @@ def main() -> None:
     check = Check(args.out, args.budget, args.dry_run)
     import torch
 
-    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
-    if not args.dry_run and device != "cuda":
+    device = "cuda" if torch.cuda.is_available() and not (args.dry_run or args.cpu) else "cpu"
+    if not (args.dry_run or args.cpu) and device != "cuda":
         check.record("env", False, 0.0, error="no CUDA device: use --dry-run on a machine without a GPU")
         raise SystemExit(2)
     steps = {"env": lambda: step_env(check), "gpu_tests": lambda: step_gpu_tests(check),
              "torchrun": lambda: step_torchrun(check, device), "smoke": lambda: step_smoke(check, device),
              "throughput": lambda: step_throughput(check, device, args.data),
              "streaming": lambda: step_streaming(check, device),
-             "full_run": lambda: step_full_run(check, device, args.data)}
+             "full_run": lambda: step_full_run(check, device, args.data, args.set)}
     for name in args.steps:
         if check.left() <= 5:
             check.record(name, False, 0.0, error="not run: the time budget is spent")

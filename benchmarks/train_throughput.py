@@ -95,6 +95,16 @@ def timed(batches, model, opt, steps: int, warmup: int, device, forward=None) ->
     return done / (time.perf_counter() - start)
 
 
+def full_batches(data, n: int, batch_size: int, spec, gen_cpu, gen_dev):
+    """Augmented training batches, epoch after epoch, full ones only: a small training set (a class subset) ends
+    its epoch within the timed steps, and its short trailing batch would time a recompilation under
+    torch.compile (the DataLoader rows drop it too)."""
+    while True:
+        for idx in data.index_batches(np.arange(n), batch_size, gen_cpu):
+            if len(idx) == batch_size:
+                yield data.batch("train", idx, spec, gen_dev)
+
+
 def floor_batch_indices(labels, batch_size: int, seed: int = 0) -> np.ndarray:
     """The resident batch: a seeded draw without replacement over the whole training set, as an instance-sampled
     training batch looks (many classes). Never the first images: class-ordered archives (CIFAR-100) would give a
@@ -153,7 +163,7 @@ def _compute_floor(args, ds, labels, device, common, flushed: bool) -> list[dict
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--data-root", default="../shared/data", help="the CIFAR-100 folder, or a subset .npz")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -164,6 +174,7 @@ def main():
                         help="torch.compile modes of ltcil's step to measure (channels_last pipeline)")
     parser.add_argument("--synthetic", type=int, default=0, help="N generated images instead of CIFAR-100")
     parser.add_argument("--shortcut", choices=("conv", "pad"), default="conv", help="ResNet-32 shortcut type")
+    parser.add_argument("--amp", action="store_true", help="on CUDA, also the step under bf16 autocast")
     parser.add_argument("--floor", action="store_true",
                         help="also measure the bare step on one resident batch (drawn across classes, denormals "
                              "flushed) and a teacher's eval forward")
@@ -175,6 +186,8 @@ def main():
     if args.synthetic:
         ds = get("dataset", "synthetic")(DataConfig(name="synthetic", num_classes=100,
                                                     images_per_class=max(1, args.synthetic // 100), image_size=32))
+    elif args.data_root.endswith(".npz"):  # a class subset (benchmarks/cifar_subset.py) where the archive is absent
+        ds = get("dataset", "npz")(DataConfig(name="npz", root=args.data_root))
     else:
         ds = get("dataset", "cifar100")(DataConfig(name="cifar100", root=args.data_root, download=False))
     labels = ds.train.labels
@@ -184,8 +197,12 @@ def main():
 
     # ltcil: uint8 images resident on the device, batched crop/flip/normalise there; channels_last activations
     # as ltcil trains by default (train.channels_last), and the plain NCHW layout to show what that gives.
-    variants = [(True, mode) for mode in args.compile] + [(False, "off")]
-    for channels_last, mode in variants:
+    # --amp adds the step under bf16 autocast, as ltcil trains on a GPU (train.amp): on a launch-bound step the
+    # casts are extra kernels, so it is measured, not assumed faster.
+    variants = [(True, mode, False) for mode in args.compile] + [(False, "off", False)]
+    if args.amp and device.type == "cuda":
+        variants.append((True, "off", True))
+    for channels_last, mode, amp in variants:
         torch.manual_seed(0)
         data = DeviceData(ds, {"train": labels, "test": ds.test.labels}, device, channels_last)
         gen_cpu = torch.Generator().manual_seed(0)
@@ -199,11 +216,14 @@ def main():
         forward = None
         if mode != "off":
             forward = compile_step(lambda a, b: F.cross_entropy(model(a), b), mode)
-        batches = (data.batch("train", idx, spec, gen_dev)
-                   for idx in data.index_batches(np.arange(len(labels)), args.batch_size, gen_cpu))
+        if amp:
+            def forward(a, b):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return F.cross_entropy(model(a), b)
+        batches = full_batches(data, len(labels), args.batch_size, spec, gen_cpu, gen_dev)
         ips = timed(batches, model, opt, args.steps, args.warmup, device, forward)
-        name = "ltcil device-resident" + (" (default)" if channels_last else " NCHW")
-        rows.append({"pipeline": name, "workers": 0, "channels_last": channels_last, "compile": mode,
+        name = "ltcil device-resident" + (" bf16 autocast" if amp else " (default)" if channels_last else " NCHW")
+        rows.append({"pipeline": name, "workers": 0, "channels_last": channels_last, "compile": mode, "amp": amp,
                      "images_per_second": ips, **common})
         print(json.dumps(rows[-1]), flush=True)
         del data
@@ -219,7 +239,8 @@ def main():
             num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
             persistent_workers=workers > 0,
         )
-        ips = timed(iter(loader), model, opt, args.steps, args.warmup, device)
+        ips = timed((batch for _ in iter(int, 1) for batch in loader), model, opt, args.steps, args.warmup,
+                    device)  # epoch after epoch, as the ltcil rows
         rows.append({"pipeline": "per-sample PIL DataLoader", "workers": workers, "channels_last": False,
                      "compile": "off", "images_per_second": ips, **common})
         print(json.dumps(rows[-1]), flush=True)

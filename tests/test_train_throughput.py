@@ -33,3 +33,17 @@ def test_compute_floor_labels_its_rows_and_restores_denormals():
         assert all("flush-denormal" in r["pipeline"] for r in rows)
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal: survives once flushing is off again
     assert (tiny * 0.5).item() != 0.0
+
+
+def test_timed_batches_run_on_past_the_epoch_and_are_all_full():
+    """A small training set ends its epoch inside the timed steps: the batches go on into the next epoch, and a
+    short trailing batch is never timed (under torch.compile it would time a recompilation)."""
+    from ltcil.data.augment import AugmentSpec
+    from ltcil.data.loader import DeviceData
+
+    ds = make_synthetic(num_classes=2, per_class=5, size=8)  # 10 images: 2 batches of 4 and one of 2 per epoch
+    data = DeviceData(ds, {"train": ds.train.labels, "test": ds.test.labels}, torch.device("cpu"), False)
+    gen = torch.Generator().manual_seed(0)
+    batches = tt.full_batches(data, len(ds.train.labels), 4, AugmentSpec(), gen, gen)
+    shapes = [next(batches)[0].shape[0] for _ in range(7)]  # three and a half epochs
+    assert shapes == [4] * 7
