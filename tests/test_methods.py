@@ -491,6 +491,48 @@ def test_eeil_fine_tunes_on_a_class_balanced_subset(tmp_path):
     assert len(results["accuracy"]) == 3
 
 
+def test_eeil_facil_variant_distils_per_old_task_and_fine_tunes_on_memory_plus_as_many_new(tmp_path):
+    # FACIL's eeil.py (Masana et al. 2022): BCE between per-task softmaxes at T; the main training leaves the
+    # most recent old task out; balanced fine-tuning = memory + len(memory) random images of the new task
+    import torch.nn.functional as F
+
+    exp = Experiment(tiny_config("method.name=eeil", "method.variant=facil", "method.finetune_epochs=1",
+                                 "memory.size=12"), tmp_path)
+    method = exp.method
+    method.old_task_ends = [0, 2, 5]  # two old tasks: classes 0-1 and 2-4
+    student, teacher = torch.randn(4, 7), torch.randn(4, 7)
+    expected = sum(F.binary_cross_entropy(torch.softmax(student[:, a:b] / 2, 1), torch.softmax(teacher[:, a:b] / 2, 1))
+                   for a, b in ((0, 2), (2, 5)))
+    assert method.facil_kd(student, teacher, 2).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert method.facil_kd(student, teacher, 0).item() == 0.0
+
+    kd_tasks, subsets = {}, {}
+    original_kd, original_ft = method.facil_kd, method.facil_finetuning
+
+    def kd_spy(logits, old, tasks):
+        kd_tasks.setdefault(len(method.old_task_ends) - 1, set()).add(tasks)
+        return original_kd(logits, old, tasks)
+
+    def ft_spy(task, ctx, rng):
+        real_fit = ctx.fit
+
+        def fit(step, params, indices, *a, **k):
+            subsets[task.index] = (np.asarray(indices), method.memory.indices().copy(), task.train_indices.copy())
+            return real_fit(step, params, indices, *a, **k)
+
+        ctx.fit = fit
+        original_ft(task, ctx, rng)
+
+    method.facil_kd, method.facil_finetuning = kd_spy, ft_spy
+    results = exp.run()
+    # old tasks 1 at task 1 (main: 0 distilled, fine-tuning: 1), 2 at task 2 (main: 1, fine-tuning: 2)
+    assert kd_tasks == {1: {0, 1}, 2: {1, 2}}
+    for index, (indices, memory, new) in subsets.items():
+        assert len(indices) == 2 * len(memory) == 24
+        assert set(indices[:12]) == set(memory) and set(indices[12:]) <= set(new)
+    assert len(results["accuracy"]) == 3
+
+
 def test_pod_spatial_is_zero_on_equal_maps_and_by_hand_on_a_2x2_map():
     # Douillard et al. 2020, Eq. 2-3: width- and height-pooled (squared) maps, normalised, L2 distance
     from ltcil.methods.podnet import pod_spatial

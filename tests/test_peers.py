@@ -335,6 +335,25 @@ def test_facil_peers_run_the_reference_script_and_seed_the_split_not_the_order(t
                             "--out", str(tmp_path / "out")])
 
 
+def test_facil_eeil_fine_tunes_for_the_parity_epochs_on_both_sides(tmp_path):
+    # FACIL's EEIL fine-tunes 40 epochs whatever --nepochs says: the parity schedule sets both sides' to it,
+    # with the task's lr steps (FACIL applies model.schedule_step in that loop too)
+    repo = tmp_path / "Long-Tailed-CIL"
+    (repo / "src").mkdir(parents=True)
+    (repo / "src" / "main_incremental.py").write_text("")
+    args = harness.parse_args(["--peer", "long-tailed-cil", "--repo", str(repo), "--peer-python", "py",
+                               "--methods", "eeil_ltio", "--epochs", "5", "--tasks", "4", "--seed-list", "1",
+                               "--out", str(tmp_path / "out")])
+    rec = args.recipes[0]
+    cmd = harness.peer_command(args, rec, 1, tmp_path / "r.json")
+    assert cmd[cmd.index("--approach") + 1] == "eeil" and cmd[cmd.index("--scenario") + 1] == "ltio"
+    assert cmd[cmd.index("--") + 1:] == ["--nepochs-finetuning", "5"]
+    cfg = load_config(rec.config, recipes.ltcil_overrides(rec, epochs=5, seed=1, tasks=4, data_root="/data"))
+    assert cfg.method["variant"] == "facil" and cfg.method["finetune_epochs"] == 5
+    assert cfg.method["finetune_milestones"] == cfg.train.milestones == [3, 4]
+    assert cfg.scenario.longtail_by == "class_id" and cfg.scenario.seed == 1
+
+
 def test_facil_adapter_passes_the_reference_scripts_cifar100_settings():
     import argparse
 

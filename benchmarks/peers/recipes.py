@@ -31,6 +31,7 @@ class Recipe:
     extra: tuple = ()  # further ltcil overrides the parity run needs
     notes: str = ""
     peer_args: tuple = ()  # the adapter's arguments that select the peer's own experiment (FACIL-based peers)
+    peer_epoch_args: tuple = ()  # the peer's own arguments that take the parity run's epochs (FACIL: after --)
     order_from_seed: bool = True  # PyCIL / Avalanche: the seed draws the class order (scenario.order=seed:N);
     # FACIL-based peers fix the order per scenario and seed training and the validation split (scenario.seed=N)
 
@@ -38,7 +39,11 @@ class Recipe:
 def _facil(peer: str, method: str, config: str, classifier: str, approach: str, scenario: str) -> "Recipe":
     """A FACIL-based peer's recipe: its approach on its scenario (lt: shuffled, ltio: ordered), 50 + 10 x 5 classes;
     the class order is the scenario's, the seed trains and draws the validation split."""
-    return Recipe(peer, method, config, {"cnn": classifier}, epoch_keys=("train.epochs",), order_from_seed=False,
+    more = {}
+    if approach == "eeil":  # its balanced fine-tuning (40 epochs) takes the parity schedule too, on both sides
+        more = dict(epoch_keys=("train.epochs", "method.finetune_epochs"), peer_epoch_args=("--nepochs-finetuning",))
+    return Recipe(peer, method, config, {"cnn": classifier}, **{"epoch_keys": ("train.epochs",), **more},
+                  order_from_seed=False,
                   peer_args=("--approach", approach, "--scenario", scenario, "--first", "50", "--tasks", "11"))
 
 
@@ -62,7 +67,8 @@ _ALL = (
           ("imbalanced-cil", "dgr", "dgr_resnet32_cifar100lt", "", "logits", "DGR"),
           ("long-tailed-cil", "lucir", "lucir_resnet32_cifar100lt", "_facil", "linear", "lucir"),
           ("long-tailed-cil", "lucir_2stage", "lucir_two_stage_resnet32_cifar100lt", "_facil", "two_stage",
-           "lucir_2stage"))
+           "lucir_2stage"),
+          ("long-tailed-cil", "eeil", "eeil_resnet32_cifar100lt", "_facil", "logits", "eeil"))
       for scenario, order in (("lt", "shuffled"), ("ltio", "ordered"))),
 )
 FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil")  # peers run through facil_adapter.py from a --repo checkout
@@ -111,6 +117,8 @@ def short_schedule(rec: Recipe, epochs: int) -> dict:
     if "method.bias_epochs" in rec.epoch_keys:
         method = load_config(rec.config).method
         out["bias"] = scale_milestones(method["bias_milestones"], method["bias_epochs"], epochs)
+    if "method.finetune_epochs" in rec.epoch_keys:  # FACIL's EEIL steps its fine-tuning lr at the task's epochs
+        out["finetune"] = out["later"]
     return out
 
 
@@ -126,6 +134,8 @@ def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: 
         out += [f"train.first_task.milestones={sched['init']}", f"train.milestones={sched['later']}"]
         if "bias" in sched:
             out.append(f"method.bias_milestones={sched['bias']}")
+        if "finetune" in sched:
+            out.append(f"method.finetune_milestones={sched['finetune']}")
     scenario = f"scenario.order=seed:{seed}" if rec.order_from_seed else f"scenario.seed={seed}"
     out += [f"seed={seed}", scenario, f"scenario.max_tasks={tasks}", f"data.root={data_root}",
             "log.report=never", "train.progress=false", *rec.extra]

@@ -93,6 +93,8 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
             cmd += ["--save-models", str(out_json.with_name(out_json.stem + "_models"))]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if rec.peer_epoch_args:
+            cmd += ["--", *(x for arg in rec.peer_epoch_args for x in (arg, str(args.epochs)))]
         return cmd
     cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--method", rec.method,
            "--epochs", str(args.epochs), "--tasks", str(args.tasks), "--seed", str(seed), "--data", str(args.data),
