@@ -250,6 +250,24 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _import_libraries() -> None:
+    """numpy and torch imported with Ctrl-C held until both are in, then raised. A KeyboardInterrupt that lands
+    inside torch's import of numpy is cleared by torch's C++ code: numpy stays half-imported (the run fails
+    later with "module 'numpy' has no attribute ..."), or the run goes on as if never interrupted; inside
+    pybind11 code it aborts the process. Held, it becomes the usual one line and exit 130."""
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = argparse.Namespace(debug=False)
     try:  # everything inside: Ctrl-C at any moment, even while torch is imported, is one line and exit 130
@@ -276,6 +294,7 @@ def _main(argv, args: argparse.Namespace) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
                "sweep": cmd_sweep, "data": cmd_data}[args.command]
+    _import_libraries()
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler, torchrun, kill) ends the run as Ctrl-C does: locks, worker processes and the
         # event log are released on the way out instead of left behind
