@@ -1,4 +1,4 @@
-"""The `ltcil` command: run, resume, list, report, sweep."""
+"""The `ltcil` command: run, resume, list, report, sweep, grid, data."""
 
 from __future__ import annotations
 
@@ -58,6 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, metavar="DIR",
                         help="folder for report.html and report.md (default: the run folder when one run is given, "
                              "else reports/report_<time>)")
+
+    grid = sub.add_parser("grid", parents=[common],
+                          help="a grid of runs (configs x methods x seeds x values) and its mean ± std table")
+    grid.add_argument("items", nargs="*", metavar="[CONFIG ...] [key=v1,v2 ...]",
+                      help="configs (default: the quick start) and keys with the values to cross")
+    grid.add_argument("--methods", default="", metavar="A,B", help="methods to cross (method.name)")
+    grid.add_argument("--seeds", default="", metavar="1,2,3", help="seeds to cross: the table's mean ± std")
+    grid.add_argument("--out", type=Path, required=True, help="grid folder: a run folder per run, the tables")
+    grid.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    grid.add_argument("--jobs", type=int, default=0,
+                      help="local: runs at once, each on its share of the cores (default 1; one per GPU)")
+    grid.add_argument("--partition", default="", help="slurm: partition")
+    grid.add_argument("--time", type=int, default=240, metavar="MIN",
+                      help="slurm: minutes per run (a run past it is requeued and resumes)")
+    grid.add_argument("--gpus", type=int, default=0, help="slurm: GPUs per run")
+    grid.add_argument("--cpus", type=int, default=0, help="slurm: CPUs per run (0: the partition's default)")
+    grid.add_argument("--parallel", type=int, default=0, help="slurm: at most this many runs at once")
+    grid.add_argument("--plan", action="store_true", help="list the runs and their state; run nothing")
 
     sweep = sub.add_parser("sweep", parents=[common],
                            help="choose hyper-parameters task by task on validation data (never test)")
@@ -199,6 +217,54 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    from .grid import GRID_DIR, expand, markdown, parse_axes, state, write_tables
+    from .launch import SlurmOptions, run_local, run_slurm
+    from .sweep import split_values
+
+    configs, axes = parse_axes(args.items)
+    runs = expand(configs or [QUICKSTART], axes, split_values(args.methods), split_values(args.seeds))
+    out = args.out
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / GRID_DIR).is_dir())):
+        raise LtcilError(f"--out {out} exists and is not a grid folder (it has no {GRID_DIR}/); choose another "
+                         "--out.")
+    states = [state(out, run) for run in runs]
+    count = {s: states.count(s) for s in ("done", "started", "failed", "new")}
+    print(f"{len(runs)} run(s) in {out}: {count['done']} done (kept), {count['started']} to resume, "
+          f"{count['failed']} failed before (run again), {count['new']} new")
+    if args.plan:
+        for run, st in zip(runs, states):
+            print(f"  {st:8s} {run.name}")
+        return 0
+    (out / GRID_DIR).mkdir(parents=True, exist_ok=True)
+    todo = [run for run, st in zip(runs, states) if st != "done"]
+    if todo and args.launcher == "slurm":
+        run_slurm(out, todo, SlurmOptions(args.partition, args.time, args.gpus, args.cpus, args.parallel))
+    elif todo:
+        run_local(out, todo, args.jobs)
+    tab = write_tables(out, runs)
+    print("\n" + markdown(tab))
+    print(f"tables: {out / 'grid_table.md'} (.tex, .csv, .json)")
+    done = [out / run.name for run in runs if state(out, run) == "done"]
+    if done:
+        try:
+            from .reporting.report import write_report
+
+            html, _ = write_report(done, out / "report")
+            print(f"report with the curves: {html}")
+        except LtcilError as exc:  # matplotlib missing, say: the tables stand without it
+            print(f"no HTML report: {exc}")
+    failed = [run for run in runs if state(out, run) == "failed"]
+    for run in failed:
+        from .grid import read_status
+
+        print(f"failed: {run.name}: " + " / ".join(read_status(out, run).get("error") or []), file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} run(s) failed (their output: {out / GRID_DIR}/<run>.log); the same command runs "
+              "them again and keeps the finished ones.", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_sweep(args) -> int:
     from .engine import run_folder
     from .engine.distributed import launched_by_torchrun
@@ -288,12 +354,12 @@ def _main(argv, args: argparse.Namespace) -> int:
     _, extra = parser.parse_known_args(argv, namespace=args)
     # argparse ends a positional list at the first option, so `run CONFIG --out DIR key=value` leaves the
     # overrides after --out unparsed: they belong to the same list.
-    if extra and args.command in ("run", "sweep", "data") and not any(e.startswith("-") for e in extra):
+    if extra and args.command in ("run", "sweep", "data", "grid") and not any(e.startswith("-") for e in extra):
         args.items += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
-               "sweep": cmd_sweep, "data": cmd_data}[args.command]
+               "sweep": cmd_sweep, "data": cmd_data, "grid": cmd_grid}[args.command]
     _import_libraries()
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler, torchrun, kill) ends the run as Ctrl-C does: locks, worker processes and the
