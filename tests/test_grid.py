@@ -146,3 +146,75 @@ def test_submitit_launcher_runs_the_grid_as_an_array(tmp_path):
     assert all(grid.state(out, run) == "done" for run in runs)
     assert lines[0].startswith("submitted 2 run(s) as local job")
     assert grid.table(out, runs)["rows"][0]["runs"] == 2
+
+
+@pytest.fixture
+def slurm_cluster(tmp_path):
+    """A one-node Slurm cluster of this machine, started for the test from a config in tmp_path (Debian's
+    slurmctld, slurmd and munge must be installed: `apt-get install slurmctld slurmd slurm-client munge`; the
+    test installs nothing). Yields the environment that points sbatch and squeue at it."""
+    import os
+    import signal
+    import socket
+    import time
+
+    needed = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "munged", "munge")
+    if any(shutil.which(tool) is None for tool in needed) or os.geteuid() != 0:
+        pytest.skip("needs Slurm (slurmctld, slurmd, client) and munge installed, and root to start them")
+    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
+        Path("/run/munge").mkdir(exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "munged"], check=True)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            ports.append(sock.getsockname()[1])
+    root, host = tmp_path / "slurm", socket.gethostname()
+    for sub in ("state", "spool"):
+        (root / sub).mkdir(parents=True)
+    conf = root / "slurm.conf"
+    conf.write_text("\n".join([
+        "ClusterName=ltcil-test", f"SlurmctldHost={host}", "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
+        f"StateSaveLocation={root}/state", f"SlurmdSpoolDir={root}/spool", f"SlurmctldPidFile={root}/ctld.pid",
+        f"SlurmdPidFile={root}/d.pid", f"SlurmctldPort={ports[0]}", f"SlurmdPort={ports[1]}",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core", "ReturnToService=2", "MpiDefault=none", "JobRequeue=1",
+        f"SlurmctldLogFile={root}/ctld.log", f"SlurmdLogFile={root}/d.log", "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        f"NodeName={host} CPUs={os.cpu_count()} RealMemory=2000 State=UNKNOWN",
+        "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+    env = {**os.environ, "SLURM_CONF": str(conf), "PYTHONPATH": SRC}
+    subprocess.run(["slurmctld", "-f", str(conf)], check=True, env=env)
+    subprocess.run(["slurmd", "-f", str(conf)], check=True, env=env)
+    try:
+        for _ in range(60):
+            states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env).stdout
+            if "idle" in states:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the test's Slurm node never came up: {states!r}")
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
+        for pid_file in ("d.pid", "ctld.pid"):
+            try:
+                os.kill(int((root / pid_file).read_text()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+
+
+@pytest.mark.slow
+def test_grid_on_a_one_node_slurm_cluster(tmp_path, slurm_cluster):
+    out = tmp_path / "grid"
+    args = ["grid", *FAST, "--methods", "finetune,icarl", "--seeds", "1,2", "--launcher", "slurm", "--time", "10",
+            "--parallel", "2", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-m", "ltcil", *args], capture_output=True, text=True,
+                          env=slurm_cluster, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "submitted 4 run(s) as slurm job" in proc.stdout and proc.stdout.count("finished ") == 4
+    table = json.loads((out / "grid_table.json").read_text())
+    assert [r["runs"] for r in table["rows"]] == [2, 2]
+    assert all(r["stats"]["average_incremental_accuracy"][0] > 0 for r in table["rows"])
+    assert any((out / grid.GRID_DIR / "submitit").rglob("*_log.out"))  # submitit's per-task logs

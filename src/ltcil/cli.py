@@ -239,7 +239,7 @@ def cmd_grid(args) -> int:
     (out / GRID_DIR).mkdir(parents=True, exist_ok=True)
     todo = [run for run, st in zip(runs, states) if st != "done"]
     if todo and args.launcher == "slurm":
-        run_slurm(out, todo, SlurmOptions(args.partition, args.time, args.gpus, args.cpus, args.parallel))
+        run_slurm(out, todo, SlurmOptions(args.partition, args.time, args.gpus, args.cpus, args.parallel), poll=5)
     elif todo:
         run_local(out, todo, args.jobs)
     tab = write_tables(out, runs)
