@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--optuna", type=int, default=0, metavar="N",
                        help="N proposals per task from Optuna's TPE sampler over the grid (pip install optuna)")
     sweep.add_argument("--seed", type=int, default=0, help="seed of the random search / the sampler")
+    sweep.add_argument("--storage", default="", metavar="URL",
+                       help="with --optuna: share each task's study with other `ltcil sweep` processes through "
+                            "Optuna's RDB storage (sqlite:///sweep.db, postgresql://...)")
+    sweep.add_argument("--study", default="", help="with --storage: the study's name (default: the --out folder's)")
+    sweep.add_argument("--heartbeat", type=float, default=60.0, metavar="S",
+                       help="with --storage: a worker silent for 2 x S seconds has its trial failed and retried")
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder (candidates' runs and sweep.json)")
     sweep.add_argument("--force", action="store_true", help="overwrite an existing sweep folder")
     return parser
@@ -277,9 +283,13 @@ def cmd_sweep(args) -> int:
                          "torchrun (each candidate is a short run).")
     if args.random and args.optuna:
         raise LtcilError("ltcil sweep: choose --random or --optuna, not both.")
+    if args.storage and not args.optuna:
+        raise LtcilError("ltcil sweep --storage shares Optuna studies: give --optuna N (trials per task) too.")
     config, overrides = _split_items(args.items)
     grid = parse_grid(args.grid)
     config = config if config is not None else QUICKSTART
+    if args.storage:
+        return _shared_sweep(args, config, overrides, grid)
     replace = run_folder.check(args.out, args.force)
     prepared = prepare(config, overrides, grid, args.random, args.seed, args.optuna)  # nothing written yet
     lock = run_folder.Lock(args.out)
@@ -299,6 +309,35 @@ def cmd_sweep(args) -> int:
     print()
     print(sweep_table(record))
     print(f"\nsweep folder: {args.out}  (sweep.json, task<N>/candidate<K>/ runs)")
+    return 0
+
+
+def _shared_sweep(args, config, overrides, grid) -> int:
+    """One worker of a sweep shared through Optuna's storage: the sweep folder is everyone's (each trial writes
+    its own task<N>/trial<number>/), so it is joined, never locked or replaced."""
+    from .engine import run_folder
+    from .sweep import prepare, run_sweep, sweep_table
+
+    if args.force:
+        raise LtcilError("ltcil sweep --storage: --force would empty a folder other workers write to; remove the "
+                         "folder and the study yourself to start again.")
+    out = args.out
+    if out.exists() and any(out.iterdir()) and not run_folder.is_sweep_folder(out):
+        raise LtcilError(f"--out {out} is not empty and holds no ltcil sweep; choose another --out.")
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise LtcilError("ltcil sweep --storage needs the optuna package: pip install optuna.") from None
+    prepared = prepare(config, overrides, grid, 0, args.seed, args.optuna)  # checked before anything trains
+    out.mkdir(parents=True, exist_ok=True)
+    if not run_folder.is_sweep_folder(out):
+        run_folder.mark(out, sweep=True)
+    study = args.study or out.resolve().name
+    record = run_sweep(config, overrides, grid, out, 0, args.seed, optuna_trials=args.optuna, prepared=prepared,
+                       storage=args.storage, study=study, heartbeat=args.heartbeat)
+    print()
+    print(sweep_table(record))
+    print(f"\nsweep folder: {out}  (sweep.json, task<N>/trial<number>/ runs; study {study!r} in {args.storage})")
     return 0
 
 

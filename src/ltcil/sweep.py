@@ -10,14 +10,22 @@ Candidates are the grid's full product, `random` of them drawn with `seed` (rand
 optional Optuna backend, `optuna_trials` proposals per task from a TPE sampler over the grid's values (each
 task's study starts afresh: what scored well at one task is not assumed to at the next). A proposal already
 scored at this task is not trained again.
+
+With `storage` (Optuna's RDB storage: sqlite:///sweep.db on one machine, PostgreSQL across machines) several
+`ltcil sweep` processes with the same arguments share each task's study: each runs trials until the study has
+`optuna_trials` finished ones, waits for those still running elsewhere, and all go on from the same best one
+(the sweep folder must be shared too: trials' runs are task<N>/trial<number>/). A worker that dies leaves a
+trial whose heartbeat stops; after the grace period it is marked failed and run again by another worker.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -86,6 +94,48 @@ def optuna_search(grid: dict[str, list[str]], trials: int, seed: int, evaluate) 
         study.tell(trial, evaluate(values))
 
 
+def optuna_shared(grid: dict[str, list[str]], trials: int, seed: int, evaluate, storage: str, study_name: str,
+                   heartbeat: float = 60.0, poll: float = 1.0):
+    """One task's study shared through Optuna's RDB storage: run trials (with a heartbeat) until `trials` are
+    finished across all workers, wait while the rest run elsewhere, and return the study. A trial whose
+    worker died (no heartbeat for 2 x `heartbeat` s) is failed and retried (RetryFailedTrialCallback)."""
+    import optuna
+    from optuna import storages
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words since 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9 names
+            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+        else:
+            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
+        rdb = storages.RDBStorage(storage, heartbeat_interval=max(1, int(heartbeat)),
+                                  grace_period=max(2, int(2 * heartbeat)), **retry)
+    # each worker its own sampler stream: the same seed everywhere would propose the same points at once
+    sampler = optuna.samplers.TPESampler(seed=(seed * 100003 + os.getpid()) % 2**31)
+    study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
+                                sampler=sampler)
+
+    def objective(trial):
+        values = {key: trial.suggest_categorical(key, options) for key, options in grid.items()}
+        return evaluate(values, trial)
+
+    while True:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done, running, waiting = (states.count(s) for s in (TrialState.COMPLETE, TrialState.RUNNING,
+                                                           TrialState.WAITING))
+        if done >= trials and not running:  # every worker then reads the same finished trials
+            return study
+        if done + running >= trials and not waiting:
+            storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again by the callback
+            time.sleep(poll)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=1, catch=())
+
+
 def prepare(config: str | None, overrides: list[str], grid: dict[str, list[str]], random_count: int = 0,
             seed: int = 0, optuna_trials: int = 0) -> tuple[list[dict], dict[str, Config]]:
     """The candidates and their configs, every one checked before anything trains (or the sweep folder is
@@ -113,14 +163,25 @@ def prepare(config: str | None, overrides: list[str], grid: dict[str, list[str]]
     return combos, configs
 
 
+def scenario_tasks(cfg: Config) -> int:
+    ds = load_dataset(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return len(build_scenario(cfg.scenario, ds.train.labels, ds.test.labels, ds.num_classes,
+                                  ds.val.labels if ds.val is not None else None).tasks)
+
+
 def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str]], out: Path,
-              random_count: int = 0, seed: int = 0, log=print, optuna_trials: int = 0, prepared=None) -> dict:
+              random_count: int = 0, seed: int = 0, log=print, optuna_trials: int = 0, prepared=None,
+              storage: str = "", study: str = "", heartbeat: float = 60.0) -> dict:
     out = Path(out)
     combos, configs = prepared or prepare(config, overrides, grid, random_count, seed, optuna_trials)
     num_tasks = None
     chosen: list[tuple[Path, Config]] = []
     search = f"optuna TPE, {optuna_trials} trials per task" if optuna_trials else (
         f"random, {len(combos)} of the grid" if random_count else "grid")
+    if storage:
+        search += f", shared study {study!r} in {storage.split('://')[0]} storage"
     record: dict = {"grid": grid, "search": search,
                     "protocol": "per task, on validation images of the classes seen so far",
                     "candidates": combos, "tasks": []}
@@ -128,13 +189,21 @@ def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str
         trials: list[dict] = []
         scored: dict[str, dict] = {}
 
-        def evaluate(values: dict[str, str]) -> float:
-            if _key(values) in scored:  # a repeated proposal: its score is known
+        def evaluate(values: dict[str, str], trial=None) -> float:
+            if trial is None and _key(values) in scored:  # a repeated proposal: its score is known
                 return scored[_key(values)]["validation_accuracy"]
+            if trial is not None:  # shared study: a point any worker has scored is not trained again
+                for known in trial.study.get_trials(deepcopy=False):
+                    if known.state.name == "COMPLETE" and known.params == values:
+                        trial.set_user_attr("dir", known.user_attrs["dir"])
+                        return known.value
             nonlocal num_tasks
             k = len(trials) + 1
             cfg = configs[_key(values)]
-            trial_dir = out / f"task{t + 1}" / f"candidate{k}"
+            name = f"trial{trial.number}" if trial is not None else f"candidate{k}"
+            trial_dir = out / f"task{t + 1}" / name
+            if trial is not None:
+                trial.set_user_attr("dir", str(trial_dir.relative_to(out)))
             if trial_dir.exists():
                 shutil.rmtree(trial_dir)
             trial_dir.mkdir(parents=True)
@@ -149,16 +218,26 @@ def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str
                                         exp.plugins)
             trials.append({"candidate": k, "values": values, "validation_accuracy": score})
             scored[_key(values)] = trials[-1]
-            log(f"task {t + 1}/{num_tasks} candidate {k} {values}: validation {score:.2f}")
+            log(f"task {t + 1}/{num_tasks} {name} {values}: validation {score:.2f}")
             return score
 
-        if optuna_trials:
+        if storage:  # every worker's trials, in trial order
+            shared = optuna_shared(grid, optuna_trials, seed + t, evaluate, storage, f"{study}-task{t + 1}",
+                                   heartbeat)
+            trials = [{"candidate": tr.number, "values": tr.params, "validation_accuracy": tr.value,
+                       "dir": tr.user_attrs["dir"]} for tr in sorted(shared.get_trials(deepcopy=False),
+                                                                   key=lambda tr: tr.number)
+                      if tr.state.name == "COMPLETE"]
+            if num_tasks is None:  # this worker trained nothing at the first task: the scenario says
+                num_tasks = scenario_tasks(configs[_key(trials[0]["values"])])
+        elif optuna_trials:
             optuna_search(grid, optuna_trials, seed + t, evaluate)
         else:
             for values in combos:
                 evaluate(values)
         best = max(range(len(trials)), key=lambda i: trials[i]["validation_accuracy"])  # ties: the first
-        chosen.append((out / f"task{t + 1}" / f"candidate{best + 1}", configs[_key(trials[best]["values"])]))
+        best_dir = out / trials[best]["dir"] if storage else out / f"task{t + 1}" / f"candidate{best + 1}"
+        chosen.append((best_dir, configs[_key(trials[best]["values"])]))
         record["tasks"].append({"task": t, "trials": trials, "chosen": trials[best]})
         if t + 1 == num_tasks:
             break
