@@ -20,14 +20,16 @@ SETTING = [*TINY, "scenario.max_tasks=2", "scenario.val_fraction=0.25"]
 
 def worker(out, db, *extra):
     env = {**os.environ, "PYTHONPATH": SRC}
+    url = db if str(db).startswith("postgresql") else f"sqlite:///{db}"
     return subprocess.Popen([sys.executable, "-m", "ltcil", "sweep", *SETTING, "--grid", "train.lr=0.01,0.05,0.1,0.2",
-                             "--grid", "train.weight_decay=0,0.001", "--optuna", "3", "--storage", f"sqlite:///{db}",
+                             "--grid", "train.weight_decay=0,0.001", "--optuna", "3", "--storage", url,
                              "--study", "shared", "--out", str(out), *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def trials(db, task):
-    study = optuna.load_study(study_name=f"shared-task{task}", storage=f"sqlite:///{db}")
+    url = db if str(db).startswith("postgresql") else f"sqlite:///{db}"
+    study = optuna.load_study(study_name=f"shared-task{task}", storage=url)
     return study.get_trials(deepcopy=False)
 
 
@@ -77,3 +79,64 @@ def test_storage_needs_optuna_trials(tmp_path):
                            "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--out", str(tmp_path / "s")],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "give --optuna N" in proc.stderr
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server (Debian's postgresql package: initdb, pg_ctl) in a temporary folder, run
+    as the postgres user when the test runs as root; skipped where the package or psycopg2 is missing."""
+    import importlib.util
+    import shlex
+    import shutil
+    import socket
+    import tempfile
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found or importlib.util.find_spec("psycopg2") is None:
+        pytest.skip("needs PostgreSQL's server binaries (Debian: postgresql) and psycopg2 (pip install psycopg2-binary)")
+    bindir = found[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="ltcil-pg-"))
+    as_root = os.geteuid() == 0
+    if as_root:
+        shutil.chown(root, "postgres", "postgres")
+
+    def run(*cmd):
+        cmd = [str(c) for c in cmd]
+        subprocess.run(["su", "postgres", "-c", shlex.join(cmd)] if as_root else cmd, check=True,
+                       capture_output=True, timeout=120)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = root / "data"
+    run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "ltcil")
+    run(bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    try:
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "ltcil", "optuna")
+        yield f"postgresql+psycopg2://ltcil@127.0.0.1:{port}/optuna"  # the driver the test checks for
+    finally:
+        run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_in_postgresql(tmp_path, postgres_url):
+    out = tmp_path / "sweep"
+    procs = [worker(out, postgres_url), worker(out, postgres_url)]
+    for p in procs:
+        _, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr[-2000:]
+    for task in (1, 2):
+        assert sum(t.state.name == "COMPLETE" for t in trials(postgres_url, task)) >= 3
+    assert "postgresql+psycopg2 storage" in json.loads((out / "sweep.json").read_text())["search"]
+
+
+def test_a_storage_without_its_driver_or_server_is_one_clear_error(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    for url, words in (("nosuchdb://x/y", "Optuna cannot open it"),
+                       ("sqlite:////nonexistent-folder/sub/x.db", "Optuna cannot open it")):
+        proc = subprocess.run([sys.executable, "-m", "ltcil", "sweep", *SETTING, "--grid", "train.lr=0.1,0.2",
+                               "--optuna", "2", "--storage", url, "--out", str(tmp_path / "s")],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]

@@ -110,8 +110,16 @@ def optuna_shared(grid: dict[str, list[str]], trials: int, seed: int, evaluate, 
             retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
         else:
             retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
-        rdb = storages.RDBStorage(storage, heartbeat_interval=max(1, int(heartbeat)),
-                                  grace_period=max(2, int(2 * heartbeat)), **retry)
+        try:
+            rdb = storages.RDBStorage(storage, heartbeat_interval=max(1, int(heartbeat)),
+                                      grace_period=max(2, int(2 * heartbeat)), **retry)
+        except ImportError as exc:
+            raise ConfigError(f"--storage {storage}: no database driver for it ({exc}). PostgreSQL: pip install "
+                              "'psycopg[binary]' (or write postgresql+psycopg2:// with psycopg2 installed); "
+                              "MySQL: pip install pymysql and write mysql+pymysql://.") from None
+        except Exception as exc:  # a wrong URL, a server that does not answer, a refused login
+            raise ConfigError(f"--storage {storage}: Optuna cannot open it: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     # each worker its own sampler stream: the same seed everywhere would propose the same points at once
     sampler = optuna.samplers.TPESampler(seed=(seed * 100003 + os.getpid()) % 2**31)
     study = optuna.create_study(study_name=study_name, storage=rdb, load_if_exists=True, direction="maximize",
