@@ -94,6 +94,21 @@ def optuna_search(grid: dict[str, list[str]], trials: int, seed: int, evaluate) 
         study.tell(trial, evaluate(values))
 
 
+def _open_storage(storages, url: str, heartbeat: float, retry: dict, attempts: int = 6):
+    """RDBStorage, tried again a few times: workers started together on a new database race to create its
+    tables, and all but one fail once ("table ... already exists", a unique-key violation)."""
+    for attempt in range(attempts):
+        try:
+            return storages.RDBStorage(url, heartbeat_interval=max(1, int(heartbeat)),
+                                       grace_period=max(2, int(2 * heartbeat)), **retry)
+        except ImportError:
+            raise
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+
+
 def optuna_shared(grid: dict[str, list[str]], trials: int, seed: int, evaluate, storage: str, study_name: str,
                    heartbeat: float = 60.0, poll: float = 1.0):
     """One task's study shared through Optuna's RDB storage: run trials (with a heartbeat) until `trials` are
@@ -111,8 +126,7 @@ def optuna_shared(grid: dict[str, list[str]], trials: int, seed: int, evaluate, 
         else:
             retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=3)}
         try:
-            rdb = storages.RDBStorage(storage, heartbeat_interval=max(1, int(heartbeat)),
-                                      grace_period=max(2, int(2 * heartbeat)), **retry)
+            rdb = _open_storage(storages, storage, heartbeat, retry)
         except ImportError as exc:
             raise ConfigError(f"--storage {storage}: no database driver for it ({exc}). PostgreSQL: pip install "
                               "'psycopg[binary]' (or write postgresql+psycopg2:// with psycopg2 installed); "
