@@ -20,6 +20,8 @@ METHOD_OVERRIDES = {
     "ccsi": ["memory.size=0", "scenario.val_fraction=0.2", "method.synth_per_class=4", "method.synth_batch_size=4",
              "method.synth_iterations=3", "method.synth_warmup=1", "method.synth_jitter=1"],
     "sbcl": ["method.linear_epochs=3", "method.warmup_epochs=0", "method.recluster_every=1", "method.delta=4"],
+    "simplecil": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0"],
+    "ranpac": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.projection=64"],
 }
 
 

@@ -212,6 +212,13 @@ def cmd_list(args) -> int:
     kind = args.what[:-1]
     for name in registry.available(kind):
         print(name)
+    if kind == "backbone":
+        import importlib.util
+
+        timm = "installed" if importlib.util.find_spec("timm") else "not installed: `pip install timm`"
+        print("\nvit_* names take timm's pretrained tags (vit_base_patch16_224.augreg_in21k) with "
+              "backbone.pretrained=true or backbone.checkpoint=PATH; any other timm model name needs timm "
+              f"({timm}).")
     return 0
 
 

@@ -89,6 +89,13 @@ class BackboneConfig:
     # (Avalanche's initialize_icarl_net)
     norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN) | gn
     norm_groups: int = 4  # cn / gn: groups of the GroupNorm (CCSI's gn_size default)
+    # pre-trained models (vit.py, timm_backbone.py): a name may carry timm's pretrained tag
+    # (vit_base_patch16_224.augreg_in21k); names ltcil does not build are timm's (needs `pip install timm`)
+    pretrained: bool = False  # the name's weights from the Hugging Face hub cache (never downloaded by ltcil)
+    checkpoint: str = ""  # weights on disk (.safetensors / .pth state dict with timm's keys) instead
+    patch_size: int = 0  # ViTs: 0 = the architecture's (16); smaller for small images
+    input_size: int = 0  # ViTs: the size images are resized to on the device; 0 = 224 when pretrained, else the
+    # data's (rounded up to a patch)
 
 
 @dataclass
@@ -249,6 +256,7 @@ _NON_NEGATIVE = {
     "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed",
     "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
+    "backbone.patch_size", "backbone.input_size",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
              "gvalign.samples_per_class", "gvalign.epochs", "gvalign.lr", "gvalign.batch_size",

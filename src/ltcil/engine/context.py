@@ -80,17 +80,28 @@ class TaskContext:
 
     @torch.inference_mode()
     def features(self, model, indices: np.ndarray, split: str = "train", batch_size: Optional[int] = None,
-                 flip: bool = False, embed=None):
+                 flip: bool = False, embed=None, progress: str = ""):
         """Backbone features (or `embed(x)`) of un-augmented images (mirrored with `flip`), in large no-grad
-        batches; returns (features, labels)."""
+        batches; returns (features, labels). `progress`: a bar with that description (when the run shows bars),
+        for passes long enough to watch (a frozen pre-trained backbone over a task's images)."""
         model.eval()
         embed = embed or model.forward_features
         feats, labels = [], []
+        bar = None
+        if progress and getattr(self.trainer, "progress", False):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(indices), unit="img", leave=False, dynamic_ncols=True,
+                       desc=f"task {self.task_index + 1} {progress}")
         for idx in self.data.index_batches(indices, batch_size or self.cfg.eval.batch_size, shuffle=False,
                                                 split=split):
             x, y = self.data.batch(split, idx)
             feats.append(embed(x.flip(3) if flip else x).float())
             labels.append(y)
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
         if not feats:
             return torch.zeros(0, 0, device=self.device), torch.zeros(0, dtype=torch.long, device=self.device)
         return torch.cat(feats), torch.cat(labels)

@@ -13,10 +13,13 @@ from ..config import Config
 class NetworkFactory:
     def __init__(self, cfg: Config, in_channels: int, image_size: int, device: torch.device):
         self.cfg, self.in_channels, self.image_size, self.device = cfg, in_channels, image_size, device
+        self.input_stats = None  # (mean, std) pre-trained weights were trained with, once a backbone is built
 
     def backbone(self) -> nn.Module:
-        """A freshly initialised backbone of the config (not yet placed)."""
-        return build_backbone(self.cfg.backbone, self.in_channels, self.image_size)
+        """A freshly initialised (or pre-trained) backbone of the config (not yet placed)."""
+        model = build_backbone(self.cfg.backbone, self.in_channels, self.image_size)
+        self.input_stats = getattr(model, "input_stats", None) or self.input_stats
+        return model
 
     def place(self, module: nn.Module) -> nn.Module:
         """On the training device, channels-last when train.channels_last (NHWC activations: faster convs)."""

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from .. import registry
+from ..backbones import check_backbone
 from ..config import Config, dump_config, migrate
 from ..data.augment import AugmentSpec
 from ..data.loader import DeviceData
@@ -84,7 +85,7 @@ def check_components(cfg: Config) -> None:
         raise ConfigError("log.report=always writes the run's report at the end, which needs matplotlib: "
                           "pip install matplotlib (or use log.report=auto / never).")
     registry.get("dataset", cfg.data.name, key="data.name")
-    registry.get("backbone", cfg.backbone.name, key="backbone.name")
+    check_backbone(cfg.backbone)
     method_cls = registry.get("method", cfg.method["name"], key="method.name")
     if method_cls.requires_memory and cfg.memory.size == 0 and cfg.memory.per_class == 0:
         raise ConfigError(f"method {cfg.method['name']} keeps exemplars and means nothing without them: set "
@@ -158,6 +159,11 @@ class Experiment:
                 "scenario.max_tasks)."))
         torch.manual_seed(task_seed(cfg.seed, 0, 3))  # the initial weights depend on the seed alone
         self.method, self.new_model = build_method(cfg, self.data.in_channels, self.data.image_size, self.device)
+        stats = getattr(self.method.networks, "input_stats", None)
+        if stats is not None and cfg.data.normalize and not cfg.data.mean:  # pre-trained weights: their statistics
+            mean, std = stats
+            if len(mean) == self.data.in_channels:
+                self.data.set_stats(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
         self.plugins = build_plugins(cfg, self.method)  # cross-method stages (two_stage), run after each task
         # the classifier results.json reports as "accuracy": the config's choice, else a plugin's own (two_stage
         # reports its scaled head), else the method's
@@ -307,10 +313,12 @@ class Experiment:
                       modules=(self.method.model,), on_epoch=functools.partial(self.method.begin_epoch, ctx=ctx))
         periodic = (PeriodicSave(self._save_inside(t), every_seconds=cfg.train.checkpoint_minutes * 60)
                     if cfg.train.checkpoint_minutes > 0 else None)
-        trainer.fit(step, self.method.trainable_parameters(), indices, stage, gens=ctx.gens, task_index=t,
-                    resume=resume, periodic_save=periodic)
+        trains = self.method.trains(task)
+        if trains:
+            trainer.fit(step, self.method.trainable_parameters(), indices, stage, gens=ctx.gens, task_index=t,
+                        resume=resume, periodic_save=periodic)
         timing["train"] = time.perf_counter() - t0
-        timing["train_images"] = int(len(indices)) * epochs
+        timing["train_images"] = int(len(indices)) * epochs if trains else 0
 
         t0 = time.perf_counter()
         self.method.end_task(task, ctx)

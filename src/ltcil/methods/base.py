@@ -100,6 +100,11 @@ class Method:
         """Indices into the train split to train on in this task (default: the task's own data)."""
         return task.train_indices
 
+    def trains(self, task: "Task") -> bool:
+        """Whether the task has a main training stage (False: a frozen pre-trained backbone whose classifier is
+        computed in end_task, SimpleCIL; the engine then runs no epoch)."""
+        return True
+
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]
 
