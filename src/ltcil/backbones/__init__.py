@@ -15,8 +15,7 @@ from . import preresnet, protonet, resnet, resnet_cifar, small, small_medmnist, 
 
 def check_backbone(cfg: BackboneConfig):
     """The builder of cfg.name (None: a timm model), checked before any data loads: an ltcil backbone, an ltcil
-    ViT with timm's pretrained tag (vit_base_patch16_224.augreg_in21k: ltcil's network, timm's weights, found on
-    disk now), else a timm model when timm is installed. An unknown name fails naming backbone.name and the
+    ViT with timm's pretrained tag (vit_base_patch16_224.augreg_in21k: ltcil's network, timm's weights), else a timm model when timm is installed. An unknown name fails naming backbone.name and the
     valid names."""
     arch = cfg.name.split(".")[0]
     names = available("backbone")
@@ -25,10 +24,6 @@ def check_backbone(cfg: BackboneConfig):
             raise ConfigError(f"backbone.pretrained / backbone.checkpoint: {cfg.name!r} has no pre-trained weights "
                               f"in ltcil; pre-trained backbones are {', '.join(vit.ARCHITECTURES)} (with timm's "
                               "tags) and timm models.")
-        if cfg.pretrained or cfg.checkpoint:
-            from .pretrained import weights_path
-
-            weights_path(cfg)  # the offline paragraph now, not after the data has loaded
         return get("backbone", cfg.name if cfg.name in names else arch)
     if _timm_importable():
         return None
@@ -37,6 +32,14 @@ def check_backbone(cfg: BackboneConfig):
     except ConfigError as exc:
         raise ConfigError(f"{exc} timm's models need timm too (`pip install timm`), which is not installed."
                           ) from None
+
+
+def check_weights(cfg: BackboneConfig) -> None:
+    """Pre-trained weights ltcil's ViT will load are on disk (the offline paragraph before any data loads)."""
+    if (cfg.pretrained or cfg.checkpoint) and cfg.name.split(".")[0] in vit.ARCHITECTURES:
+        from .pretrained import weights_path
+
+        weights_path(cfg)
 
 
 def build_backbone(cfg: BackboneConfig, in_channels: int, image_size: int) -> nn.Module:
@@ -56,4 +59,4 @@ def _timm_importable() -> bool:
     return importlib.util.find_spec("timm") is not None
 
 
-__all__ = ["build_backbone", "check_backbone"]
+__all__ = ["build_backbone", "check_backbone", "check_weights"]

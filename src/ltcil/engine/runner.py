@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .. import registry
-from ..backbones import check_backbone
+from ..backbones import check_backbone, check_weights
 from ..config import Config, dump_config, migrate
 from ..data.augment import AugmentSpec
 from ..data.loader import DeviceData
@@ -110,6 +110,7 @@ class Experiment:
 
     def __init__(self, cfg: Config, run_dir: Path, progress: Optional[bool] = None, log=None):
         check_components(cfg)
+        check_weights(cfg.backbone)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.log = log or (lambda text: print(text, flush=True))

@@ -3,10 +3,11 @@ NeurIPS 2023): a frozen pre-trained backbone, a fixed random ReLU projection of 
 (Sec. 4.2) and a ridge-regression classifier over the projected features of every image seen so far, updated
 in closed form after each task (Sec. 4.3; heads/random_projection.py). No exemplars, no gradient steps.
 
-The projection size and the ridge grid are LAMDA-PILOT's and the authors' code's (`M` = 10000; lambda from
-10^-8 .. 10^13, chosen by the squared error on 20% of the task's training images after fitting on the other
-80%; then refitted on everything). Phase 1 of the paper (adapting the backbone with a parameter-efficient
-method on the first task, Sec. 4.1) is not part of this method yet: this is the paper's "no Phase 1" variant.
+The projection size and the ridge search are LAMDA-PILOT's (`exps/ranpac.json`, `models/ranpac.py`): M = 10000,
+lambda from 10^-8 .. 10^8 chosen by the squared error on 20% of the task's training images after fitting on
+the other 80%, then the classifier solved with G and Q of everything seen. Phase 1 of the paper (adapting the
+backbone with a parameter-efficient method on the first task, Sec. 4.1; PILOT's adapter, 20 epochs) is not part
+of this method yet: this is the paper's ablation without Phase 1.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .simplecil import freeze
 class RanPACOptions:
     projection: int = 10000  # M, the random projection's size (Sec. 4.2; the authors' code: 10000)
     ridge: float = 0.0  # lambda; 0 = chosen after each task from ridge_grid on a held-out 20% (Sec. 4.3)
-    ridge_grid: list = field(default_factory=lambda: [10.0 ** k for k in range(-8, 14)])
+    ridge_grid: list = field(default_factory=lambda: [10.0 ** k for k in range(-8, 9)])  # PILOT's grid
     held_out: float = 0.2  # the share of a task's training images lambda is chosen on
 
 
