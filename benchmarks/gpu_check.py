@@ -22,6 +22,9 @@ Steps, in this order (the full schedule last, with whatever time is left):
               drawn across classes, denormals flushed)
   streaming   benchmarks/streaming.py on a generated ImageNet-like JPEG tree: streamed decode + augment to 224 px
               batches on the GPU, from the files and from the packed cache, vs a per-sample DataLoader
+  vit         benchmarks/frozen_features.py: ViT-B/16 at 224 px, bf16: the frozen-feature pass (images/s, peak
+              memory), a linear probe over features computed once vs the backbone re-run each epoch, a
+              prompt-tuning step (images/s, peak memory)
   full_run    iCaRL CIFAR-100 B0-Inc10 at PyCIL's schedule (icarl_resnet32_cifar100_b0inc10_pycil, 200 + 9 x 170
               epochs): the first task, the projected wall time of all ten, then as many further tasks as the time
               left allows (resuming); accuracy against PyCIL's published 64.4
@@ -197,6 +200,17 @@ def step_streaming(check: Check, device: str) -> None:
     check.record("streaming", ok, seconds, rows=rows, tail=None if ok else output[-3000:])
 
 
+def step_vit(check: Check, device: str) -> None:
+    """ViT-B/16 (random weights) at 224 px: the frozen-feature pass, a linear probe over features computed once
+    against the backbone re-run every epoch, and a prompt-tuning step (benchmarks/frozen_features.py)."""
+    size = ["--model", "vit_micro", "--images", "16", "--batch-size", "8", "--epochs", "1"] if check.dry_run else \
+        ["--model", "vit_base_patch16_224", "--images", "8192", "--batch-size", "256", "--epochs", "3", "--amp"]
+    cmd = [sys.executable, "benchmarks/frozen_features.py", "--device", device, *size]
+    ok, output, seconds = check.run("vit", cmd, 150)
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    check.record("vit", ok, seconds, rows=rows, tail=None if ok else output[-3000:])
+
+
 def step_full_run(check: Check, device: str, data: str, more: list) -> None:
     """The published schedule: the first task, the projected wall time of all tasks from it, then as many further
     tasks as the time left allows (full_run.py resumes the same run folder)."""
@@ -254,7 +268,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for full_run (e.g. a short schedule)")
     p.add_argument("--cpu", action="store_true", help="run the real steps on the CPU (checks the script itself)")
     p.add_argument("--steps", nargs="+",
-                   default=["env", "gpu_tests", "torchrun", "smoke", "throughput", "streaming", "full_run"])
+                   default=["env", "gpu_tests", "torchrun", "smoke", "throughput", "streaming", "vit", "full_run"])
     args = p.parse_args()
 
     check = Check(args.out, args.budget, args.dry_run)
@@ -267,7 +281,7 @@ def main() -> None:
     steps = {"env": lambda: step_env(check), "gpu_tests": lambda: step_gpu_tests(check),
              "torchrun": lambda: step_torchrun(check, device), "smoke": lambda: step_smoke(check, device),
              "throughput": lambda: step_throughput(check, device, args.data),
-             "streaming": lambda: step_streaming(check, device),
+             "streaming": lambda: step_streaming(check, device), "vit": lambda: step_vit(check, device),
              "full_run": lambda: step_full_run(check, device, args.data, args.set)}
     for name in args.steps:
         if check.left() <= 5:

@@ -18,11 +18,14 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == ["env", "gpu_tests", "torchrun", "smoke", "throughput", "streaming",
-                                         "full_run"]
+                                         "vit", "full_run"]
     failed = {r["step"]: r.get("error") or r.get("tail") for r in rows if not r["ok"]}
     assert not failed, failed
     smoke = next(r for r in rows if r["step"] == "smoke")["methods"]
     assert len(smoke) >= 12 and all(m["ok"] for m in smoke.values())
     assert next(r for r in rows if r["step"] == "full_run")["average_incremental_accuracy"] is not None
+    vit = next(r for r in rows if r["step"] == "vit")["rows"]
+    assert [r["measure"] for r in vit] == ["feature pass", "linear probe", "prompt step"]
+    assert all(r.get("images_per_second", 1) > 0 for r in vit) and vit[1]["speedup"] > 0
     streaming = next(r for r in rows if r["step"] == "streaming")["rows"]
     assert {r.get("pipeline") for r in streaming} >= {"dataloader", "stream", "packed"}
