@@ -216,3 +216,36 @@ def test_ranpac_checkpoint_resumes_its_statistics(tmp_path):
     state = torch.load(tmp_path / "full" / "checkpoints" / "task_002.pt", weights_only=True)
     gram = state["method"]["model"]["head.gram"]
     assert gram.shape == (32, 32) and torch.all(torch.diagonal(gram) >= 0) and gram.abs().sum() > 0
+
+
+def _timm_or_skip():
+    try:
+        import timm
+    except Exception as exc:  # noqa: BLE001 - not installed, or its torchvision does not load beside this torch
+        pytest.skip(f"timm is not usable here ({type(exc).__name__}: {str(exc)[:80]})")
+    return timm
+
+
+def test_ltcil_vit_computes_what_timm_vit_computes_with_the_same_weights(tmp_path):
+    timm = _timm_or_skip()
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=4)
+    ref.eval()
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    ours = build_backbone(BackboneConfig(name="vit_tiny_patch16_224", patch_size=4, input_size=32,
+                                         checkpoint=str(tmp_path / "timm.pth")), 3, 32).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_timm_only_model_is_built_by_timm_and_offline_weights_are_one_paragraph(tmp_path, monkeypatch):
+    _timm_or_skip()
+    from ltcil.backbones.timm_backbone import TimmBackbone
+
+    model = build_backbone(BackboneConfig(name="resnet10t"), 3, 32)
+    assert isinstance(model, TimmBackbone) and model(torch.randn(2, 3, 32, 32)).shape == (2, model.num_features)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="no weights of timm/resnet10t.c3_in1k on this machine"):
+        build_backbone(BackboneConfig(name="resnet10t.c3_in1k", pretrained=True), 3, 32)
