@@ -71,6 +71,20 @@ _ALL = (
           ("long-tailed-cil", "eeil", "eeil_resnet32_cifar100lt", "_facil", "logits", "eeil"))
       for scenario, order in (("lt", "shuffled"), ("ltio", "ordered"))),
 )
+# LAMDA-PILOT (benchmarks/peers/pilot_adapter.py): its ViT-B/16 recipes on the shared random ViT (timm's
+# vit_tiny_patch16_224 at 32 px, 4-px patches, loaded by both sides; run.py --vit-weights), CIFAR-100 at 32 px,
+# pixels in [0, 1]; nothing is trained, so no epochs
+PILOT_VIT = ("backbone.name=vit_tiny_patch16_224", "backbone.pretrained=false", "backbone.patch_size=4",
+             "backbone.input_size=32")
+PILOT_PROJECTION = 2000  # RanPAC's M in the parity runs (PILOT's 10000 costs minutes of solves per task on a CPU)
+_ALL = _ALL + (
+    Recipe("pilot", "simplecil", "simplecil_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, epoch_keys=(),
+           extra=PILOT_VIT),
+    # PILOT scores RanPAC by cosine (its CosineLinear normalises both sides), the paper by h W^T
+    Recipe("pilot", "ranpac", "ranpac_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, epoch_keys=(),
+           extra=(*PILOT_VIT, "method.scoring=cosine", f"method.projection={PILOT_PROJECTION}"),
+           peer_args=("--projection", str(PILOT_PROJECTION))),
+)
 FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil")  # peers run through facil_adapter.py from a --repo checkout
 RECIPES: dict[tuple[str, str], Recipe] = {(r.peer, r.method): r for r in _ALL}
 

@@ -30,6 +30,7 @@ import recipes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADAPTERS = {"pycil": HERE / "pycil_adapter.py", "avalanche": HERE / "avalanche_adapter.py",
+            "pilot": HERE / "pilot_adapter.py",
             **{peer: HERE / "facil_adapter.py" for peer in recipes.FACIL_PEERS}}
 
 
@@ -46,7 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer-python", default=None, help="the peer venv's python (required unless --only ltcil)")
     p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
     p.add_argument("--repo", type=Path, default=None,
-                   help="checkout of the FACIL-based peer (--peer " + " / ".join(recipes.FACIL_PEERS) + ")")
+                   help="checkout of the FACIL-based peer (--peer " + " / ".join(recipes.FACIL_PEERS) + ") or of "
+                        "LAMDA-PILOT (--peer pilot)")
+    p.add_argument("--vit-weights", type=Path, default=None,
+                   help="--peer pilot: the shared random ViT both sides load (pilot_adapter.py --make-weights)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: all cores)")
     p.add_argument("--milestones", choices=("scaled", "full"), default="scaled",
                    help="scaled: the recipe's lr milestones at the same fractions of the short schedule, on both "
@@ -71,11 +75,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--epochs: {args.epochs} must be >= 1")
     if args.tasks < 0 or args.tasks > 20:
         p.error(f"--tasks: {args.tasks} must be between 0 (all) and 20")
+    if args.peer == "pilot" and (args.vit_weights is None or not args.vit_weights.is_file()) and not args.dry_run:
+        p.error(f"--vit-weights: {args.vit_weights} is not a file; write it with pilot_adapter.py --make-weights")
+    if args.vit_weights is not None:
+        args.vit_weights = args.vit_weights.resolve()
     if args.only != "ltcil" and not args.dry_run:
         if not args.peer_python:
             p.error("--peer-python: the python of the peer's venv is required to run the peer")
         if args.peer == "pycil" and (args.pycil is None or not (args.pycil / "main.py").exists()):
             p.error(f"--pycil: {args.pycil} is not a PyCIL checkout (no main.py there)")
+        if args.peer == "pilot" and (args.repo is None or not (args.repo / "main.py").exists()):
+            p.error(f"--repo: {args.repo} is not a LAMDA-PILOT checkout (no main.py there)")
         if args.peer in recipes.FACIL_PEERS and (args.repo is None
                                                   or not (args.repo / "src" / "main_incremental.py").exists()):
             p.error(f"--repo: {args.repo} is not a FACIL-based checkout (no src/main_incremental.py there)")
@@ -99,6 +109,9 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
     cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--method", rec.method,
            "--epochs", str(args.epochs), "--tasks", str(args.tasks), "--seed", str(seed), "--data", str(args.data),
            "--out", str(out_json)]
+    if args.peer == "pilot":
+        cmd += ["--repo", str(args.repo or "REPO"), "--weights", str(args.vit_weights or "WEIGHTS"), *rec.peer_args]
+        return cmd + (["--threads", str(args.threads)] if args.threads else [])
     if args.peer == "pycil":
         cmd += ["--pycil", str(args.pycil)]
     if args.save_peer_models:
@@ -114,6 +127,8 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
 def ltcil_command(args, rec: recipes.Recipe, seed: int, run_dir: Path) -> list[str]:
     overrides = recipes.ltcil_overrides(rec, args.epochs, seed, args.tasks, args.data, threads=args.threads,
                                         scaled=args.milestones == "scaled")
+    if args.peer == "pilot":
+        overrides.append(f"backbone.checkpoint={args.vit_weights or 'WEIGHTS'}")
     return [sys.executable, "-m", "ltcil", "run", rec.config, *overrides, "--out", str(run_dir), "--force",
             "--quiet"]
 

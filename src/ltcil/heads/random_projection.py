@@ -12,9 +12,9 @@ import torch.nn as nn
 
 
 class RandomProjectionHead(nn.Module):
-    def __init__(self, in_features: int, projection: int):
+    def __init__(self, in_features: int, projection: int, cosine: bool = False):
         super().__init__()
-        self.in_features, self.projection_size = in_features, projection
+        self.in_features, self.projection_size, self.cosine = in_features, projection, cosine
         self.register_buffer("projection", torch.zeros(in_features, projection))  # drawn by the method (seeded)
         self.register_buffer("gram", torch.zeros(projection, projection, dtype=torch.float64))
         self.register_buffer("targets", torch.zeros(projection, 0, dtype=torch.float64))
@@ -48,7 +48,12 @@ class RandomProjectionHead(nn.Module):
         self.ridge.fill_(ridge)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.expand(feats) @ self.weight.T
+        """h W^T as the paper scores (Sec. 4.3); `cosine`: cos(h, W_c) instead, as LAMDA-PILOT's RanPAC does (its
+        CosineLinear normalises both), which changes the ranking where class rows differ in norm."""
+        h = self.expand(feats)
+        if self.cosine:
+            return torch.nn.functional.normalize(h, dim=1) @ torch.nn.functional.normalize(self.weight, dim=1).T
+        return h @ self.weight.T
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("targets", "weight"):  # grown over tasks: take the stored shape before copying

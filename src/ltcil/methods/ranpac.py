@@ -29,6 +29,7 @@ class RanPACOptions:
     ridge: float = 0.0  # lambda; 0 = chosen after each task from ridge_grid on a held-out 20% (Sec. 4.3)
     ridge_grid: list = field(default_factory=lambda: [10.0 ** k for k in range(-8, 9)])  # PILOT's grid
     held_out: float = 0.2  # the share of a task's training images lambda is chosen on
+    scoring: str = "linear"  # linear: h W^T (the paper, the authors' code) | cosine: cos(h, W_c) (LAMDA-PILOT)
 
 
 @register_method("ranpac")
@@ -42,13 +43,16 @@ class RanPAC(Method):
         if options.ridge < 0 or not options.ridge_grid or any(r <= 0 for r in options.ridge_grid):
             raise ConfigError("method.ridge must be >= 0 and method.ridge_grid a list of positive values, got "
                               f"{options.ridge} and {options.ridge_grid}.")
+        if options.scoring not in ("linear", "cosine"):
+            raise ConfigError(f"method.scoring: {options.scoring!r} is not linear or cosine.")
         if not 0 < options.held_out < 1:
             raise ConfigError(f"method.held_out: {options.held_out} must lie strictly between 0 and 1.")
 
     @classmethod
     def build_network(cls, networks, options, cfg):
         backbone = freeze(networks.backbone())
-        return IncrementalNet(backbone, RandomProjectionHead(backbone.num_features, options.projection))
+        return IncrementalNet(backbone, RandomProjectionHead(backbone.num_features, options.projection,
+                                                             cosine=options.scoring == "cosine"))
 
     def trains(self, task) -> bool:
         return False

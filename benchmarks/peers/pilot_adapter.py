@@ -1,0 +1,144 @@
+"""Run one LAMDA-PILOT experiment (sun-hailong/LAMDA-PILOT) from an unmodified checkout, with run-time adaptations
+only, and write what it measured as JSON in the format of pycil_adapter.py. Runs under a venv with timm and
+torchvision (PILOT imports both); ltcil is not imported here.
+
+    python pilot_adapter.py --make-weights vit_tiny_c32.pth          # once: the shared random ViT
+    python pilot_adapter.py --repo ../peers/LAMDA-PILOT --method simplecil --weights vit_tiny_c32.pth \
+        --tasks 4 --seed 1993 --data ../shared/data --out result.json
+
+Hub weights cannot be downloaded here, so both toolkits start from the same random ViT: timm's
+vit_tiny_patch16_224 built at 32 px with 4-px patches (64 tokens; --make-weights, torch seed 0), whose state dict
+ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the imported modules:
+- backbone: `utils.inc_net.get_backbone` returns that model (its `out_dim` set, eval mode) for every
+  backbone_type, so PILOT's ViT-B/16 recipes run on it;
+- images: CIFAR-100 read from the shared archive (as pycil_adapter.py does) and fed at 32 px as pixels in
+  [0, 1] (PILOT's transforms end in ToTensor without normalisation; its resize to 224 is dropped, the model's
+  input being 32 px), the same pixels ltcil feeds with data.normalize=false;
+- device and workers: the CPU (PILOT's `_set_device` compares with -1 and would pick CUDA), DataLoader workers 0
+  (the module globals `num_workers`), torch threads --threads;
+- RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0), as ltcil's RanPAC has none;
+- tasks: the run stops after --tasks tasks; each task's top-1 over the seen classes (PILOT's eval_task) is
+  recorded with the time since the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+HERE = Path(__file__).resolve().parent
+METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac"}
+
+
+def make_model(weights: Path | None = None):
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=4)
+    if weights is not None:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.out_dim = model.num_features
+    return model.eval()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--make-weights", type=Path, default=None, help="write the shared random ViT here and stop")
+    p.add_argument("--repo", type=Path, help="LAMDA-PILOT checkout (its root holds main.py)")
+    p.add_argument("--method", choices=sorted(METHODS))
+    p.add_argument("--weights", type=Path, help="the shared ViT's state dict (--make-weights)")
+    p.add_argument("--tasks", type=int, default=0, help="stop after this many tasks (0: all)")
+    p.add_argument("--seed", type=int, default=1993, help="PILOT's seed: the class order (numpy permutation)")
+    p.add_argument("--data", type=Path, help="folder with cifar-100-python.tar.gz")
+    p.add_argument("--projection", type=int, default=10000, help="RanPAC's M")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=0, help="unused: these methods train nothing (run.py passes it)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+
+    import torch
+
+    if args.make_weights:
+        torch.save(make_model().state_dict(), args.make_weights)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repo, out_path = args.repo.resolve(), args.out.resolve()
+    archive = (args.data / "cifar-100-python.tar.gz").resolve()
+    weights = args.weights.resolve()
+    work = out_path.parent / (out_path.stem + "_work")  # PILOT writes logs/ into the working folder
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)
+    sys.path.insert(0, str(HERE))
+    from pycil_adapter import read_cifar100  # the same arrays the PyCIL pairs read
+
+    sys.path.insert(0, str(repo))
+    from torchvision import transforms
+
+    import models.base as pilot_base
+    import trainer as pilot_trainer
+    import utils.data as pilot_data
+    import utils.data_manager as pilot_dm
+    import utils.inc_net as pilot_net
+
+    train_x, train_y, test_x, test_y = read_cifar100(archive)
+
+    def download_data(self):
+        self.train_data, self.train_targets = train_x, train_y
+        self.test_data, self.test_targets = test_x, test_y
+
+    pilot_data.iCIFAR224.download_data = download_data
+    pilot_data.build_transform = lambda is_train, a: [transforms.ToTensor()]
+    pilot_net.get_backbone = lambda a, pretrained=False: make_model(weights)
+
+    def set_device(a):
+        a["device"] = [torch.device("cpu")]
+
+    pilot_trainer._set_device = set_device
+    if args.tasks:
+        real = pilot_dm.DataManager.nb_tasks
+        pilot_dm.DataManager.nb_tasks = property(lambda self: min(args.tasks, real.fget(self)))
+    module = __import__(METHODS[args.method], fromlist=["Learner"])
+    module.num_workers = 0
+
+    tasks: list = []
+    eval_task = pilot_base.BaseLearner.eval_task
+
+    def recording_eval_task(self, *a, **k):
+        cnn, nme = eval_task(self, *a, **k)
+        tasks.append({"task": len(tasks), "cnn": float(cnn["top1"]),
+                      "nme": None if nme is None else float(nme["top1"]), "seconds": time.perf_counter() - START})
+        return cnn, nme
+
+    pilot_base.BaseLearner.eval_task = recording_eval_task
+
+    exp = json.loads((repo / "exps" / f"{args.method}.json").read_text())
+    exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
+                "config": f"exps/{args.method}.json"})
+    if args.method == "ranpac":
+        exp.update({"M": args.projection, "tuned_epoch": 0})
+    pilot_trainer.train(exp)
+
+    result = {"toolkit": "lamda-pilot", "commit": _commit(repo), "method": args.method, "seed": args.seed,
+              "tasks": tasks, "wall_s": time.perf_counter() - START, "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    out_path.write_text(json.dumps(result, indent=1))
+
+
+def _commit(repo: Path):
+    head = repo / ".git" / "HEAD"
+    if not head.exists():
+        return None
+    ref = head.read_text().strip()
+    ref_file = repo / ".git" / ref[5:] if ref.startswith("ref: ") else None
+    return ref_file.read_text().strip() if ref_file and ref_file.exists() else ref
+
+
+if __name__ == "__main__":
+    main()
