@@ -214,7 +214,8 @@ def test_ranpac_checkpoint_resumes_its_statistics(tmp_path):
     full = run_tiny(tmp_path / "full", *VIT, "method.name=ranpac", "method.projection=32")
     assert full["ridge"] > 0
     state = torch.load(tmp_path / "full" / "checkpoints" / "task_002.pt", weights_only=True)
-    gram = state["method"]["model"]["head.gram"]
+    gram = state["method"]["head"]["gram"]
+    assert not any(k.startswith("backbone") for k in state["method"]["head"])  # the frozen backbone is not stored
     assert gram.shape == (32, 32) and torch.all(torch.diagonal(gram) >= 0) and gram.abs().sum() > 0
 
 
@@ -249,3 +250,22 @@ def test_a_timm_only_model_is_built_by_timm_and_offline_weights_are_one_paragrap
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="no weights of timm/resnet10t.c3_in1k on this machine"):
         build_backbone(BackboneConfig(name="resnet10t.c3_in1k", pretrained=True), 3, 32)
+
+
+def test_frozen_backbone_checkpoints_hold_no_backbone_and_refuse_other_weights(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(5)
+    torch.save(timm_style_state(build_backbone(BackboneConfig(name="vit_micro", patch_size=4), 3, 8)), weights)
+    extra = (f"backbone.checkpoint={weights}", "backbone.input_size=8", "method.name=simplecil")
+    full = run_tiny(tmp_path / "run", *VIT, *extra)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "task_001.pt", weights_only=True)
+    assert set(state["method"]) == {"head", "num_classes", "backbone_digest"}
+    (tmp_path / "run" / "checkpoints" / "task_002.pt").unlink()
+    (tmp_path / "run" / "results.json").unlink()
+    exp = Experiment(_cfg(*extra), tmp_path / "run")  # the same weights: resumes to the same result
+    assert exp.restore() and exp.run()["accuracy"] == full["accuracy"]
+    torch.manual_seed(6)  # the weights file replaced between the two halves of a run
+    torch.save(timm_style_state(build_backbone(BackboneConfig(name="vit_micro", patch_size=4), 3, 8)), weights)
+    (tmp_path / "run" / "checkpoints" / "task_002.pt").unlink()
+    with pytest.raises(ConfigError, match="other backbone weights"):
+        Experiment(_cfg(*extra), tmp_path / "run").restore()

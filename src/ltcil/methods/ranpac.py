@@ -19,8 +19,7 @@ import torch
 from ..errors import ConfigError
 from ..heads.random_projection import RandomProjectionHead, choose_ridge
 from ..registry import register_method
-from .base import IncrementalNet, Method
-from .simplecil import freeze
+from .frozen_base import FrozenBackboneMethod
 
 
 @dataclass
@@ -33,7 +32,7 @@ class RanPACOptions:
 
 
 @register_method("ranpac")
-class RanPAC(Method):
+class RanPAC(FrozenBackboneMethod):
     Options = RanPACOptions
 
     @classmethod
@@ -49,20 +48,15 @@ class RanPAC(Method):
             raise ConfigError(f"method.held_out: {options.held_out} must lie strictly between 0 and 1.")
 
     @classmethod
-    def build_network(cls, networks, options, cfg):
-        backbone = freeze(networks.backbone())
-        return IncrementalNet(backbone, RandomProjectionHead(backbone.num_features, options.projection,
-                                                             cosine=options.scoring == "cosine"))
-
-    def trains(self, task) -> bool:
-        return False
+    def make_head(cls, in_features, options):
+        return RandomProjectionHead(in_features, options.projection, cosine=options.scoring == "cosine")
 
     def end_task(self, task, ctx) -> None:
         head: RandomProjectionHead = self.model.head
         gen = ctx.gens[0]
         if task.index == 0:  # P ~ N(0, 1), drawn once from the run's seed (Sec. 4.2)
             head.projection.copy_(torch.randn(head.projection.shape, generator=gen).to(head.projection.device))
-        feats, labels = ctx.features(self.model.backbone, task.train_indices, progress="features")
+        feats, labels = self.task_features(task, ctx)
         h = head.expand(feats)
         ridge = self.options.ridge
         if not ridge:

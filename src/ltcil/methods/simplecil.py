@@ -14,13 +14,7 @@ import torch
 
 from ..heads.cosine import CosineLinear
 from ..registry import register_method
-from .base import IncrementalNet, Method
-
-
-def freeze(module: torch.nn.Module) -> torch.nn.Module:
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module.eval()
+from .frozen_base import FrozenBackboneMethod
 
 
 @torch.no_grad()
@@ -34,18 +28,10 @@ def set_prototypes(head: CosineLinear, feats: torch.Tensor, labels: torch.Tensor
 
 
 @register_method("simplecil")
-class SimpleCIL(Method):
+class SimpleCIL(FrozenBackboneMethod):
     @classmethod
-    def build_network(cls, networks, options, cfg):
-        backbone = freeze(networks.backbone())
-        return IncrementalNet(backbone, CosineLinear(backbone.num_features, sigma=False))
-
-    def trains(self, task) -> bool:
-        return False
+    def make_head(cls, in_features, options):
+        return CosineLinear(in_features, sigma=False)
 
     def end_task(self, task, ctx) -> None:
-        feats, labels = ctx.features(self.model.backbone, task.train_indices, progress="prototypes")
-        set_prototypes(self.model.head, feats, labels, task.classes)
-
-    def predict(self, x):
-        return {"logits": self.model(x)}
+        set_prototypes(self.model.head, *self.task_features(task, ctx), task.classes)

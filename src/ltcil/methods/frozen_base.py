@@ -1,0 +1,61 @@
+"""The shared base of methods on a frozen pre-trained backbone (SimpleCIL, RanPAC): the backbone never changes,
+nothing runs an epoch, and each task computes its images' embeddings once. Checkpoints keep the head and a
+digest of the backbone, not the backbone itself (a ViT-B/16 is 330 MB a task): a resumed run rebuilds it from the
+same weights, and a digest that no longer matches (backbone.checkpoint changed in between) is an error."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ..errors import ConfigError
+from .base import IncrementalNet, Method
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def digest(module: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in order."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class FrozenBackboneMethod(Method):
+    @classmethod
+    def make_head(cls, in_features: int, options) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def build_network(cls, networks, options, cfg):
+        backbone = freeze(networks.backbone())
+        return IncrementalNet(backbone, cls.make_head(backbone.num_features, options))
+
+    def trains(self, task) -> bool:
+        return False
+
+    def task_features(self, task, ctx):
+        """(embeddings, labels) of the task's un-augmented training images, one batched pass."""
+        return ctx.features(self.model.backbone, task.train_indices, progress="features")
+
+    def state_dict(self) -> dict:
+        return {"head": self.model.head.state_dict(), "num_classes": self.model.num_classes,
+                "backbone_digest": digest(self.model.backbone)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["backbone_digest"] != digest(self.model.backbone):
+            raise ConfigError("the checkpoint was made with other backbone weights than this run builds (was "
+                              "backbone.checkpoint or the cached pre-trained file replaced?); resume with the same "
+                              "weights, or start a new run.")
+        missing = state["num_classes"] - self.model.num_classes
+        if missing > 0:
+            self.model.head.add_classes(missing)
+        self.model.head.load_state_dict(state["head"])
+        self.model.to(self.device)
