@@ -15,8 +15,8 @@ from . import preresnet, protonet, resnet, resnet_cifar, small, small_medmnist, 
 
 def check_backbone(cfg: BackboneConfig):
     """The builder of cfg.name (None: a timm model), checked before any data loads: an ltcil backbone, an ltcil
-    ViT with timm's pretrained tag (vit_base_patch16_224.augreg_in21k: ltcil's network, timm's weights), else a timm model when timm is installed. An unknown name fails naming backbone.name and the
-    valid names."""
+    ViT with timm's pretrained tag (vit_base_patch16_224.augreg_in21k: ltcil's network, timm's weights), else a
+    timm model when timm is installed. An unknown name fails naming backbone.name and the valid names."""
     arch = cfg.name.split(".")[0]
     names = available("backbone")
     if cfg.name in names or arch in names:
