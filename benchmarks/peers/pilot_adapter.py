@@ -17,6 +17,8 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
 - device and workers: the CPU (PILOT's `_set_device` compares with -1 and would pick CUDA), DataLoader workers 0
   (the module globals `num_workers`), torch threads --threads;
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0), as ltcil's RanPAC has none;
+- timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
+  Python 3.11) are aliased to timm 1.x's `timm.layers` modules;
 - tasks: the run stops after --tasks tasks; each task's top-1 over the seen classes (PILOT's eval_task) is
   recorded with the time since the start.
 """
@@ -79,6 +81,7 @@ def main() -> None:
     from pycil_adapter import read_cifar100  # the same arrays the PyCIL pairs read
 
     sys.path.insert(0, str(repo))
+    _timm_layer_aliases()
     from torchvision import transforms
 
     import models.base as pilot_base
@@ -129,6 +132,16 @@ def main() -> None:
               "tasks": tasks, "wall_s": time.perf_counter() - START, "threads": torch.get_num_threads(),
               "torch": torch.__version__}
     out_path.write_text(json.dumps(result, indent=1))
+
+
+def _timm_layer_aliases() -> None:
+    """PILOT pins timm 0.6.12, which no longer imports on Python 3.11 (a dataclass with a mutable default);
+    under timm 1.x its `timm.models.layers.<module>` imports are served from the modules' new home,
+    `timm.layers.<module>` (timm keeps `timm.models.layers` itself as an alias package)."""
+    import importlib
+
+    for name in ("weight_init", "helpers"):
+        sys.modules.setdefault(f"timm.models.layers.{name}", importlib.import_module(f"timm.layers.{name}"))
 
 
 def _commit(repo: Path):
