@@ -90,23 +90,27 @@ def _rss_kib(pid: int) -> int:
 
 
 def _phase(events: Path) -> str:
-    """The phase the run is in, from the last line of its events.jsonl."""
+    """The phase the run is in, from its events.jsonl: load, task N train, task N after training (herding,
+    evaluation, checkpoint), results (writing results.json at the end)."""
     try:
         lines = events.read_text().splitlines()
     except OSError:
         return "load"
-    for line in reversed(lines):
+    events = []
+    for line in lines:
         try:
-            e = json.loads(line)
-        except ValueError:
-            continue
+            events.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    tasks = next((e["num_tasks"] for e in events if e.get("event") == "start"), None)
+    for e in reversed(events):
         kind = e.get("event")
         if kind == "start":
             return "task 1 train"
         if kind == "epoch":
             return f"task {e['task'] + 1} after training"
         if kind == "task":
-            return f"task {e['task'] + 2} train"
+            return "results" if e["task"] + 1 == tasks else f"task {e['task'] + 2} train"
     return "load"
 
 
