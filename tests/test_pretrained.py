@@ -269,3 +269,11 @@ def test_frozen_backbone_checkpoints_hold_no_backbone_and_refuse_other_weights(t
     (tmp_path / "run" / "checkpoints" / "task_002.pt").unlink()
     with pytest.raises(ConfigError, match="other backbone weights"):
         Experiment(_cfg(*extra), tmp_path / "run").restore()
+
+
+def test_a_frozen_backbone_method_on_random_weights_says_so():
+    from ltcil.engine.runner import check_components
+    from ltcil.errors import LtcilWarning
+
+    with pytest.warns(LtcilWarning, match="random weights here .* useful for tests, not for results"):
+        check_components(_cfg("method.name=ranpac"))

@@ -6,10 +6,11 @@ same weights, and a digest that no longer matches (backbone.checkpoint changed i
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LtcilWarning
 from .base import IncrementalNet, Method
 
 
@@ -29,6 +30,14 @@ def digest(module: torch.nn.Module) -> str:
 
 
 class FrozenBackboneMethod(Method):
+    @classmethod
+    def check(cls, options, cfg) -> None:
+        if not (cfg.backbone.pretrained or cfg.backbone.checkpoint):
+            warnings.warn(LtcilWarning(
+                f"method {cfg.method['name']} keeps the backbone as it is built and {cfg.backbone.name} starts from "
+                "random weights here (no backbone.pretrained or backbone.checkpoint): its features are random "
+                "projections, useful for tests, not for results (`ltcil list backbones` names the pre-trained ones)."))
+
     @classmethod
     def make_head(cls, in_features: int, options) -> torch.nn.Module:
         raise NotImplementedError

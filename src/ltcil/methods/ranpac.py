@@ -37,6 +37,7 @@ class RanPAC(FrozenBackboneMethod):
 
     @classmethod
     def check(cls, options, cfg) -> None:
+        super().check(options, cfg)
         if options.projection < 1:
             raise ConfigError(f"method.projection: {options.projection} must be at least 1.")
         if options.ridge < 0 or not options.ridge_grid or any(r <= 0 for r in options.ridge_grid):
