@@ -16,7 +16,8 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   input being 32 px), the same pixels ltcil feeds with data.normalize=false;
 - device and workers: the CPU (PILOT's `_set_device` compares with -1 and would pick CUDA), DataLoader workers 0
   (the module globals `num_workers`), torch threads --threads;
-- RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0), as ltcil's RanPAC has none;
+- RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
+  epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
   Python 3.11) are aliased to timm 1.x's `timm.layers` modules;
 - tasks: the run stops after --tasks tasks; each task's top-1 over the seen classes (PILOT's eval_task) is
@@ -124,8 +125,9 @@ def main() -> None:
     exp = json.loads((repo / "exps" / f"{args.method}.json").read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
                 "config": f"exps/{args.method}.json"})
-    if args.method == "ranpac":
+    if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})
+        module.Learner._init_train = lambda self, *a, **k: None
     pilot_trainer.train(exp)
 
     result = {"toolkit": "lamda-pilot", "commit": _commit(repo), "method": args.method, "seed": args.seed,
