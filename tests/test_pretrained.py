@@ -212,7 +212,7 @@ def test_ranpac_ridge_choice_matches_solving_each_candidate():
 
 def test_ranpac_checkpoint_resumes_its_statistics(tmp_path):
     full = run_tiny(tmp_path / "full", *VIT, "method.name=ranpac", "method.projection=32")
-    assert full["ridge"] > 0
+    assert full["ridge"] > 0 and len(full["ridge_per_task"]) == 3 and full["ridge_per_task"][-1] == full["ridge"]
     state = torch.load(tmp_path / "full" / "checkpoints" / "task_002.pt", weights_only=True)
     gram = state["method"]["head"]["gram"]
     assert not any(k.startswith("backbone") for k in state["method"]["head"])  # the frozen backbone is not stored

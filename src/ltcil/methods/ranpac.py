@@ -52,6 +52,10 @@ class RanPAC(FrozenBackboneMethod):
     def make_head(cls, in_features, options):
         return RandomProjectionHead(in_features, options.projection, cosine=options.scoring == "cosine")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ridges: list = []  # lambda of each task, as chosen (results.json: ridge_per_task)
+
     def end_task(self, task, ctx) -> None:
         head: RandomProjectionHead = self.model.head
         gen = ctx.gens[0]
@@ -68,8 +72,16 @@ class RanPAC(FrozenBackboneMethod):
             self.ridge_errors = errors
         head.accumulate(h, labels)
         head.solve(ridge)
+        self.ridges.append(float(ridge))
 
     def results_extra(self) -> dict:
-        return {"ridge": float(self.model.head.ridge)}
+        return {"ridge": float(self.model.head.ridge), "ridge_per_task": list(self.ridges)}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "ridges": list(self.ridges)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.ridges = list(state.get("ridges", []))
 
 
