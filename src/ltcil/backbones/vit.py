@@ -164,5 +164,6 @@ def build_vit(name: str, cfg: BackboneConfig, in_channels: int, image_size: int)
         model.input_stats = input_stats(cfg)
     return model
 
+
 for _name in ARCHITECTURES:
     register_backbone(_name)(lambda cfg, c, s, _n=_name: build_vit(_n, cfg, c, s))

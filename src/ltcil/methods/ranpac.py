@@ -68,8 +68,7 @@ class RanPAC(FrozenBackboneMethod):
             n = len(labels)
             held = torch.zeros(n, dtype=torch.bool)
             held[torch.randperm(n, generator=gen)[: max(1, int(round(n * self.options.held_out)))]] = True
-            ridge, errors = choose_ridge(h, labels, head.num_classes, self.options.ridge_grid, held.to(h.device))
-            self.ridge_errors = errors
+            ridge, _ = choose_ridge(h, labels, head.num_classes, self.options.ridge_grid, held.to(h.device))
         head.accumulate(h, labels)
         head.solve(ridge)
         self.ridges.append(float(ridge))
