@@ -193,6 +193,23 @@ def test_last_relu_off_leaves_negative_features_and_the_rest_unchanged():
     assert torch.allclose(torch.relu(b), a)
 
 
+def test_block_relu_off_ends_every_block_without_its_relu():
+    # Long-Tailed-CIL's resnet32_podnet: no block of any stage ends with a ReLU; the stem keeps its own
+    net = build("resnet20", block_relu=False, shortcut="pad").eval()
+    blocks = [b for stage in net.stages for b in stage]
+    assert not any(b.final_relu for b in blocks)
+    x = torch.randn(8, 3, 32, 32)
+    maps, feats = net.forward_maps(x)
+    assert all((m < 0).any() for m in maps) and (feats < 0).any()
+    stem_out = net.stem(x)
+    assert (stem_out >= 0).all()
+    # each block is then conv-bn-relu-conv-bn plus the shortcut, nothing after
+    b = blocks[0]
+    expected = b.bn2(b.conv2(b.relu(b.bn1(b.conv1(stem_out))))) + stem_out
+    assert torch.allclose(b(stem_out), expected, atol=1e-6)
+    assert all(b.final_relu for stage in build("resnet20").stages for b in list(stage)[:-1])
+
+
 @pytest.mark.parametrize("name", ["resnet32", "resnet18"])
 def test_conv_init_scales_he_normal_by_the_chosen_fan(name):
     """fan_out (torchvision, PyCIL) vs fan_in (Avalanche's initialize_icarl_net): std sqrt(2 / fan) per conv, so

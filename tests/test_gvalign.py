@@ -48,3 +48,49 @@ def test_gvalign_reports_its_classifier_beside_the_methods_and_resumes(tmp_path)
     assert exp.run()["accuracy"] == full["accuracy"]
     with pytest.raises(ConfigError, match="gvalign.enabled: method 'lwf' keeps no exemplars"):
         Experiment(tiny_config("method.name=lwf", "gvalign.enabled=true"), tmp_path / "x")
+
+
+RELEASED = ["method.name=lucir", "backbone.last_relu=false", "method.imprint=false", "method.mixup_alpha=1.0",
+            "gvalign.enabled=true", "gvalign.variant=released", "gvalign.steps=20", "gvalign.lr=0.1",
+            "train.milestones=[10]"]
+
+
+def test_released_variant_aligns_the_methods_head_in_place_with_the_first_tasks_largest_class_covariance(tmp_path):
+    # JAYATEJAK/GVAlign's lucir_gvalign_2stage.py: the covariance of the first task's class with the most images
+    # (normalised features), kept; the model's own cosine head, every row, re-trained on one draw per class a step
+    from ltcil.plugins.gvalign import CLASSIFIER
+
+    exp = Experiment(tiny_config(*RELEASED, "data.images_per_class=24", "scenario.longtail_profile=exp",
+                                 "scenario.imbalance_factor=4"), tmp_path / "run")
+    plugin = next(p for p in exp.plugins if p.name == CLASSIFIER)
+    seen = []
+    align = plugin.align_in_place
+
+    def recorded(method, ctx):
+        head = method.model.head
+        before = head.weight.detach().clone()
+        feats, labels = ctx.features(method.model, ctx.train_indices)
+        align(method, ctx)
+        seen.append({"before": before, "after": head.weight.detach().clone(), "cov": plugin.covariance.clone(),
+                     "feats": torch.nn.functional.normalize(feats.float(), dim=1), "labels": labels})
+
+    plugin.align_in_place = recorded
+    results = exp.run()
+    first = seen[0]
+    largest = int(torch.argmax(torch.bincount(first["labels"])))
+    assert torch.allclose(first["cov"], torch.cov(first["feats"][first["labels"] == largest].T), atol=1e-6)
+    assert all(torch.equal(s["cov"], first["cov"]) for s in seen[1:])  # fixed after the first task
+    old_rows = exp.scenario.tasks[0].num_classes
+    assert not torch.equal(seen[1]["after"][:old_rows], seen[1]["before"][:old_rows])  # old rows re-learn too
+    assert plugin.head is None and results["headline_classifier"] == CLASSIFIER
+    assert results["classifiers"][CLASSIFIER]["accuracy"] == results["classifiers"]["linear"]["accuracy"]
+
+
+def test_released_variant_resumes_bit_identically(tmp_path):
+    full = run_tiny(tmp_path / "full", *RELEASED)
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", crashed)
+    (crashed / "checkpoints" / "task_002.pt").unlink()
+    exp = Experiment(tiny_config(*RELEASED), crashed)
+    assert exp.restore()
+    assert exp.run()["accuracy"] == full["accuracy"]

@@ -468,6 +468,43 @@ def test_lucir_losses_by_hand(tmp_path):
     assert torch.equal(head.weight.grad[:4], torch.zeros_like(head.weight.grad[:4]))
 
 
+def test_lucir_mixup_doubles_the_batch_and_adds_the_mixed_halfs_two_label_ce(tmp_path):
+    # GVAlign's stage 1 (lucir_gvalign_2stage.py's train_epoch): one forward of [x, lam x + (1 - lam) x[perm]],
+    # lam ~ Beta(1, 1) per batch; CE and LUCIR's terms on the original half, lam CE(y) + (1 - lam) CE(y[perm]) on
+    # the mixed one; the teacher sees the original half only
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    method = _after_tasks(tmp_path, "method.name=lucir", "backbone.last_relu=false", "method.mixup_alpha=1.0")
+    assert method.needs_context
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 4, 5, 3])
+    sizes = {}
+    for name, net in (("student", method.model), ("teacher", method.teacher)):
+        def recorded(inputs, name=name, forward=net.forward_features):
+            sizes.setdefault(name, len(inputs))
+            return forward(inputs)
+
+        net.forward_features = recorded
+    gen = torch.Generator().manual_seed(7)
+    replay = torch.Generator().manual_seed(7)
+    method.model.eval()  # batch statistics aside, the same forward gives the same numbers
+    with torch.no_grad():
+        losses = method.training_step(x, y, ctx=SimpleNamespace(gens=(gen, None)))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=replay))
+        lam = float(np.random.RandomState(seed).beta(1.0, 1.0))
+        partner = torch.randperm(6, generator=replay)
+        head = method.model.head
+        mixed = head(method.model.forward_features(lam * x + (1 - lam) * x[partner]))
+        expected = lam * torch.nn.functional.cross_entropy(mixed, y) + (1 - lam) * torch.nn.functional.cross_entropy(
+            mixed, y[partner])
+    assert sizes == {"student": 12, "teacher": 6}
+    assert losses["mixup"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(
+        (losses["ce"] + losses["mixup"] + 5.0 * (4 / 2) ** 0.5 * losses["less_forget"]
+         + losses.get("margin", 0.0)).item(), rel=1e-5)
+
+
 def test_eeil_fine_tunes_on_a_class_balanced_subset(tmp_path):
     # Castro et al. 2018, Sec. 3.4: the exemplars and as many images of each new class as an old class keeps
     exp = Experiment(tiny_config("method.name=eeil", "method.finetune_epochs=2", "memory.size=12"), tmp_path)
@@ -596,6 +633,23 @@ def test_nca_released_form_is_the_released_codes_stabilised_loss():
         ce.item(), rel=1e-6)
     paper = nca_loss(leading, torch.tensor([0]), eta, 0.0, hinge=False)
     assert paper.item() < 0 < ce.item()  # the paper's form, without the hinge, keeps falling below 0
+
+
+def test_nca_ce_form_is_facils_call_of_the_released_nca_where_the_margin_cancels():
+    # Long-Tailed-CIL's podnet.py: nca(outputs, targets) with scale 1, margin 0.6 subtracted from every logit and
+    # the target kept in the denominator: F.cross_entropy(scale * s - 0.6, y)
+    from ltcil.methods.podnet import nca_loss
+
+    gen = torch.Generator().manual_seed(5)
+    sims = torch.rand(6, 5, generator=gen) * 2 - 1
+    y = torch.tensor([0, 4, 2, 3, 1, 1])
+    eta = torch.tensor(2.5)
+    released_call = torch.nn.functional.cross_entropy(1.0 * (eta * sims - 0.6), y)
+    for margin in (0.0, 0.6, 3.0):  # the margin cannot change it
+        assert nca_loss(sims, y, eta, margin, hinge=False, form="ce").item() == pytest.approx(released_call.item(),
+                                                                                               rel=1e-6)
+    assert nca_loss(sims, y, eta, 0.6, hinge=False, form="ce").item() != pytest.approx(
+        nca_loss(sims, y, eta, 0.6, hinge=False).item(), rel=1e-3)
 
 
 def test_podnet_pycil_options_keep_random_proxies_and_fine_tune_on_the_old_quota(tmp_path):

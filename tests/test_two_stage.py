@@ -105,6 +105,35 @@ def test_two_stage_is_the_headline_beside_the_methods_own_classifiers_and_resume
     assert exp.run()["accuracy"] == full["accuracy"]
 
 
+def test_two_stage_on_podnets_lsc_keeps_every_proxy_of_the_old_classes(tmp_path):
+    # Long-Tailed-CIL's podnet_2stage.py: the task's proxies (K rows a class) and the shared scale fine-tuned,
+    # the old classes' proxies as they were
+    from ltcil.plugins.two_stage import CLASSIFIER
+
+    cfg = tiny_config("method.name=podnet", "backbone.name=resnet20", "method.proxies=3", "method.finetune_epochs=0",
+                      "method.imprint=false", "method.nca_form=ce", "backbone.block_relu=false",
+                      "two_stage.enabled=true", "two_stage.epochs=2", "scenario.max_tasks=2")
+    exp = Experiment(cfg, tmp_path / "run")
+    stage = next(p for p in exp.plugins if p.name == CLASSIFIER)
+    fit = stage.fit
+    seen = {}
+
+    def recorded_fit(method, indices, ctx):
+        seen.setdefault("before", []).append(method.model.head.weight.detach().clone())
+        fit(method, indices, ctx)
+        seen.setdefault("after", []).append(method.model.head.weight.detach().clone())
+
+    stage.fit = recorded_fit
+    results = exp.run()
+    assert results["headline_classifier"] == CLASSIFIER
+    before, after = seen["before"][1], seen["after"][1]
+    old_rows = exp.scenario.tasks[0].num_classes * 3
+    assert before.shape[0] == exp.method.model.head.num_classes * 3
+    assert torch.equal(after[:old_rows], before[:old_rows])  # every proxy of every old class
+    assert not torch.equal(after[old_rows:], before[old_rows:])
+    assert stage.scales.shape == (exp.method.model.head.num_classes,)
+
+
 def test_two_stage_refuses_a_method_without_a_linear_head_or_without_memory(tmp_path):
     with pytest.raises(ConfigError, match="proto_lt.*PrototypeHead"):
         Experiment(tiny_config("method.name=proto_lt", "two_stage.enabled=true"), tmp_path)

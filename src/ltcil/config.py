@@ -85,6 +85,8 @@ class BackboneConfig:
     block: str = "basic"  # resnet_cifar: basic | bottleneck
     shortcut: str = "conv"  # resnets: conv (1x1 conv + BN where the shape changes) | pad (parameter-free, option A)
     last_relu: bool = True  # resnets: False ends the last block without its ReLU (LUCIR; iCaRL's and Avalanche's net)
+    block_relu: bool = True  # resnets: False ends every block without its ReLU (Long-Tailed-CIL's resnet32_podnet,
+    # whose _make_layer hands last_relu=False to all blocks of all stages)
     conv_init: str = "fan_out"  # resnets: He-normal conv weights scaled by fan_out (torchvision, PyCIL) | fan_in
     # (Avalanche's initialize_icarl_net)
     norm: str = "bn"  # bn | cn: every BatchNorm2d becomes Continual Normalization (GroupNorm, then BN) | gn
@@ -197,11 +199,15 @@ class GVAlignConfig:
     """Classifier alignment on pseudo-features from class prototypes and one global covariance (plugins/gvalign.py,
     after Kalla & Biswas 2024), after every task, for any method with a linear or cosine head and a memory."""
     enabled: bool = False
-    samples_per_class: int = 256  # pseudo-features drawn per seen class
-    epochs: int = 10
+    # pooled: ltcil's reading of the paper (pooled within-class covariance each task, a re-trained copy of the head);
+    # released: the authors' code (JAYATEJAK/GVAlign, lucir_gvalign_2stage.py; see plugins/gvalign.py)
+    variant: str = "pooled"
+    samples_per_class: int = 256  # pooled: pseudo-features drawn per seen class
+    epochs: int = 10  # pooled
     lr: float = 0.01
-    batch_size: int = 256
-    shrinkage: float = 0.1  # of the pooled covariance towards its mean variance (tail classes: few exemplars)
+    batch_size: int = 256  # pooled
+    shrinkage: float = 0.1  # pooled: of the pooled covariance towards its mean variance (tail classes: few exemplars)
+    steps: int = 100  # released: steps of one pseudo-feature per seen class each
 
 
 @dataclass
@@ -242,6 +248,7 @@ _CHOICES = {
     "head.init": ("uniform", "kaiming_uniform", "kaiming_normal"),
     "backbone.norm": ("bn", "cn", "gn"),
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
+    "gvalign.variant": ("pooled", "released"),
     "two_stage.head": ("new", "all", "none"),
     "log.report": ("auto", "always", "never"),
     "eval.shot_split": ("absolute", "quantile"),
@@ -259,7 +266,7 @@ _NON_NEGATIVE = {
     "backbone.patch_size", "backbone.input_size",
 }
 _POSITIVE = {"backbone.norm_groups", "train.epochs", "train.batch_size", "eval.batch_size", "train.gamma",
-             "gvalign.samples_per_class", "gvalign.epochs", "gvalign.lr", "gvalign.batch_size",
+             "gvalign.samples_per_class", "gvalign.epochs", "gvalign.lr", "gvalign.batch_size", "gvalign.steps",
              "data.num_classes", "data.images_per_class", "two_stage.epochs", "data.stream_above_gb"}
 
 

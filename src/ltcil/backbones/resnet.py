@@ -146,6 +146,7 @@ class ResNet(nn.Module):
         shortcut: str = "conv",
         last_relu: bool = True,
         conv_init: str = "fan_out",
+        block_relu: bool = True,
     ):
         super().__init__()
         self.stem = stem
@@ -161,7 +162,10 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         # LUCIR (Hou et al. 2019, Sec. 3.2) and iCaRL's code end the network without the last ReLU, so the
         # features (and their cosine to class vectors) may be negative
-        stages[-1][-1].final_relu = last_relu
+        for stage_blocks in stages:
+            for b in stage_blocks:
+                b.final_relu = block_relu
+        stages[-1][-1].final_relu = last_relu and block_relu
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
         self._init_weights(zero_init_residual, conv_init)
@@ -213,7 +217,7 @@ def imagenet_resnet(block: Block, layers: Sequence[int], in_channels: int, image
     stem = cifar_stem(in_channels, 64) if small else imagenet_stem(in_channels, 64)
     return ResNet(block, layers, (64, 128, 256, 512), stem, stem_width=64, shortcut=cfg.shortcut,
                   conv_init=cfg.conv_init,
-                  last_relu=cfg.last_relu)
+                  last_relu=cfg.last_relu, block_relu=cfg.block_relu)
 
 
 @register_backbone("resnet18")

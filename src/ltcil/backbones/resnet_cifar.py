@@ -25,7 +25,7 @@ def cifar_resnet(n: int, cfg: BackboneConfig, in_channels: int) -> ResNet:
     if cfg.block not in _BLOCKS:
         raise ConfigError(f"backbone.block: expected one of {', '.join(_BLOCKS)}, got {cfg.block!r}.")
     return ResNet(_BLOCKS[cfg.block], (n, n, n), (16, 32, 64), cifar_stem(in_channels, 16), stem_width=16,
-                  shortcut=cfg.shortcut, last_relu=cfg.last_relu,
+                  shortcut=cfg.shortcut, last_relu=cfg.last_relu, block_relu=cfg.block_relu,
                   conv_init=cfg.conv_init)
 
 

@@ -32,6 +32,10 @@ class LUCIROptions:
     nme_flip: bool = True  # class means of the NME classifier also over the mirrored exemplars
     cbf_epochs: int = 0  # Sec. 3.4: class-balanced fine-tuning of the classifier on the exemplars (0: off)
     cbf_lr: float = 0.01
+    # GVAlign's stage 1 (Kalla & Biswas, WACV 2024, Sec. 3.2; lucir_gvalign_2stage.py's train_epoch): each batch is
+    # doubled by its mixup (one lambda ~ Beta(a, a) a batch, partners a shuffle of the batch) and the mixed half adds
+    # lambda CE(y) + (1 - lambda) CE(partner's y); CE and the LUCIR terms stay on the original half. 0: off
+    mixup_alpha: float = 0.0
 
 
 @register_method("lucir")
@@ -46,8 +50,9 @@ class LUCIR(ICaRL):
 
     @classmethod
     def check(cls, options, cfg):
-        if options.top_k < 1 or options.lambda_base < 0 or options.cbf_epochs < 0:
-            raise ConfigError("method.top_k must be >= 1, method.lambda_base and method.cbf_epochs >= 0.")
+        if options.top_k < 1 or options.lambda_base < 0 or options.cbf_epochs < 0 or options.mixup_alpha < 0:
+            raise ConfigError("method.top_k must be >= 1, method.lambda_base, method.cbf_epochs and "
+                              "method.mixup_alpha >= 0.")
         if cfg.backbone.last_relu:
             warnings.warn(LtcilWarning("method lucir is meant for a backbone without its last ReLU (Sec. 3.2: the "
                                        "features and their cosines may be negative): set backbone.last_relu=false."))
@@ -60,17 +65,36 @@ class LUCIR(ICaRL):
             feats, labels = ctx.features(self.model, task.train_indices)
             head.imprint(task.classes.tolist(), feats, labels)
 
-    def training_step(self, x, y):
+    @property
+    def needs_context(self) -> bool:  # mixup draws its lambda and partners from the task's generator
+        return self.options.mixup_alpha > 0
+
+    def training_step(self, x, y, ctx=None):
         o = self.options
         head = self.model.head
-        feats = self.model.forward_features(x)
-        cos = head.cosines(feats)
+        n = len(x)
+        mix = None
+        if o.mixup_alpha > 0:
+            cpu_gen = ctx.gens[0]
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=cpu_gen))
+            lam = float(np.random.RandomState(seed).beta(o.mixup_alpha, o.mixup_alpha))
+            partner = torch.randperm(n, generator=cpu_gen).to(x.device)
+            mix = (lam, y[partner])
+            x = torch.cat([x, lam * x + (1 - lam) * x[partner]])  # one forward: BatchNorm sees both halves
+        feats_all = self.model.forward_features(x)
+        cos_all = head.cosines(feats_all)
+        feats, cos = feats_all[:n], cos_all[:n]
         ce = self.classification_loss(head.sigma * cos, y)
         losses = {"ce": ce}
         loss = ce
+        if mix is not None:
+            lam, partner_y = mix
+            mixed = head.sigma * cos_all[n:]
+            losses["mixup"] = lam * F.cross_entropy(mixed, y) + (1 - lam) * F.cross_entropy(mixed, partner_y)
+            loss = loss + losses["mixup"]
         if self.teacher is not None:
             with torch.no_grad():
-                old_feats = self.teacher.forward_features(x)
+                old_feats = self.teacher.forward_features(x[:n])
             extra, losses["less_forget"], ranking = lucir_regularisers(  # Eqs. 6-8
                 feats, old_feats, cos, y, self.old_classes,
                 lambda_base=o.lambda_base, margin=o.margin, top_k=o.top_k, margin_weight=o.margin_weight,

@@ -49,8 +49,14 @@ def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, m
     row's largest logit it sets the target's slot of the denominator to 0 instead of removing it, so
     exp(max logit) joins the sum over the other classes. That is the plain cross-entropy whenever the target
     has the largest logit, and the loss never falls below 0; the paper's form keeps falling (without the hinge)
-    as the target pulls ahead."""
+    as the target pulls ahead.
+
+    form "ce": the released nca() as FACIL-based code calls it (xialeiliu/Long-Tailed-CIL's podnet.py, with its
+    defaults exclude_pos_denominator=False and scale 1): cross-entropy over scale * s - delta, the margin taken from
+    every logit, where it cancels; so plain cross-entropy on the scaled similarities (no hinge)."""
     logits = scale * similarities
+    if form == "ce":
+        return F.cross_entropy(logits, y)
     target = logits.gather(1, y.unsqueeze(1)).squeeze(1) - margin
     is_target = F.one_hot(y, logits.shape[1]).bool()
     others = logits.masked_fill(is_target, float("-inf"))
@@ -61,7 +67,7 @@ def nca_loss(similarities: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, m
     return (F.relu(loss) if hinge else loss).mean()
 
 
-NCA_FORMS = ("paper", "released")
+NCA_FORMS = ("paper", "released", "ce")
 FINETUNE_SETS = ("memory", "old_quota")
 
 
@@ -79,7 +85,8 @@ class PODNetOptions:
     # "old_quota": PyCIL's podnet.py, on each old class's exemplars as they stand (size / old classes each) and
     # as many of each new class, herded before the fine-tuning; the memory is chosen after it
     finetune_set: str = "memory"
-    nca_form: str = "paper"  # "released": the released code's (and PyCIL's) stabilised NCA, see nca_loss
+    # "released": the released code's (and PyCIL's) stabilised NCA | "ce": FACIL-based code's (see nca_loss)
+    nca_form: str = "paper"
     imprint: bool = True  # new classes' proxies from k-means of their features (False: the head's random init,
     # as PyCIL's podnet.py)
 

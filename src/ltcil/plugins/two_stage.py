@@ -5,7 +5,8 @@ Stage 1 is the method's own task training. Stage 2, after the method's end of ta
 and the classifier is fine-tuned together with a learnable weight-scaling layer (LWS: one scale per class,
 multiplying its logit) on class-balanced batches of what the task trained on (its data plus the memory).
 As in the authors' code: 30 epochs, cosine lr from the stage-1 lr, the scales at a tenth of it, only the
-new task's classifier rows fine-tuned (their LUCIR/PODNet keep old rows fixed), every class's scale trained.
+new task's classifier rows fine-tuned (their LUCIR/PODNet keep old rows fixed; PODNet's K proxies a class), every
+class's scale trained.
 The fine-tuned rows stay in the network for the next task, as there; the scales only enter predictions.
 The scaled head is reported as the classifier "two_stage", the run's headline unless eval.headline says otherwise.
 
@@ -28,16 +29,13 @@ CLASSIFIER = "two_stage"
 
 
 def check_method(method, method_name: str, key: str = "two_stage.enabled") -> None:
-    """A classifier stage needs a linear or cosine head, and exemplars: on the new classes' images alone it would
-    only push the old classes down."""
+    """A classifier stage needs a linear or cosine head (PODNet's LSC, K rows a class, included), and exemplars:
+    on the new classes' images alone it would only push the old classes down."""
     head = method.model.head
     if not isinstance(head, IncrementalLinear):
         raise ConfigError(f"{key}: method {method_name!r} classifies with a {type(head).__name__}; the stage "
                           "re-trains a linear or cosine head (icarl, bic, wa, lucir, eeil, der, replay, ldam_drw, "
                           "balanced_softmax, finetune or joint with a memory).")
-    if getattr(head, "proxies", 1) != 1:
-        raise ConfigError(f"{key}: method {method_name!r} has {head.proxies} proxies per class (PODNet's LSC); the "
-                          "stage re-trains one row per class: set method.proxies=1 (a cosine classifier).")
     memory = getattr(method, "memory", None)
     if memory is None or not memory.enabled:
         raise ConfigError(f"{key}: method {method_name!r} keeps no exemplars here; the stage balances old and new "
@@ -66,7 +64,8 @@ class TwoStage(Plugin):
         if self.scales is not None:
             scales[: len(self.scales)] = self.scales.to(ctx.device)  # every class's scale keeps learning
         scales = nn.Parameter(scales)
-        old = n - ctx.scenario.tasks[ctx.task_index].num_classes
+        # the old classes' rows: PODNet's LSC stores K proxies a class, class by class
+        old = (n - ctx.scenario.tasks[ctx.task_index].num_classes) * getattr(head, "proxies", 1)
         fixed = {k: v.detach().clone() for k, v in head.named_parameters()} if opts.head == "new" else {}
 
         groups = [{"params": [scales], "lr_scale": opts.scale_lr_factor}]
