@@ -54,8 +54,12 @@ def test_every_recipe_config_takes_its_parity_overrides(key):
     if rec.peer == "pilot":  # the shared random ViT at 32 px, no memory
         assert (cfg.backbone.name, cfg.backbone.patch_size, cfg.backbone.input_size) == ("vit_tiny_patch16_224", 4, 32)
         assert not cfg.backbone.pretrained and cfg.memory.size == 0 and not cfg.data.normalize
-    if rec.peer in recipes.FACIL_PEERS:  # CIFAR-100-LT, 50 + 10 x 5, 20 exemplars per class
-        assert (cfg.scenario.initial, cfg.scenario.increment, cfg.memory.per_class) == (50, 5, 20)
+    if rec.peer in recipes.FACIL_PEERS:  # CIFAR-100-LT, 50 + 10 x 5 (GVAlign: 5 x 10), 20 exemplars per class
+        increment = 10 if rec.peer == "gvalign" else 5
+        assert (cfg.scenario.initial, cfg.scenario.increment, cfg.memory.per_class) == (50, increment, 20)
+        assert rec.peer_args[rec.peer_args.index("--tasks") + 1] == str(1 + 50 // increment)
+    elif rec.peer == "ldam-drw":  # plain long-tailed recognition: one task of the 100 classes, no memory
+        assert cfg.scenario.increment == 0 and cfg.scenario.imbalance_factor == 100 and cfg.memory.size == 0
     else:
         assert cfg.scenario.initial == 10 and cfg.scenario.increment == 10 and cfg.memory.size in (0, 2000)
 
@@ -380,3 +384,48 @@ def test_facil_adapter_passes_the_reference_scripts_cifar100_settings():
     assert value["--exemplar-selection"] == "herding" and value["--nc-first-task"] == "50"
     assert value["--stop-at-task"] == "4" and value["--nepochs"] == "5" and value["--seed"] == "1"
     assert args[args.index("--schedule_step") + 1:args.index("--schedule_step") + 3] == ["3", "4"]
+
+
+@pytest.mark.parametrize("epochs", [5, 16, 200])
+def test_ldam_drw_parity_runs_the_same_lr_and_reweighting_epochs_on_both_sides(tmp_path, epochs):
+    # LDAM-DRW's cifar_train.py: lr * e/5 for 1-based e <= 5, x0.01 after 160, x0.0001 after 180, DRW from 160 of
+    # 200; the adapter gives the reference that shape at the parity epochs, ltcil's overrides the same sequence
+    import types
+
+    import ldam_adapter
+
+    from ltcil.engine.optim import lr_factor
+
+    repo = tmp_path / "LDAM-DRW"
+    repo.mkdir()
+    (repo / "cifar_train.py").write_text("")
+    args = harness.parse_args(["--peer", "ldam-drw", "--repo", str(repo), "--peer-python", "py", "--methods",
+                               "ldam_drw", "--epochs", str(epochs), "--tasks", "1", "--seed-list", "0",
+                               "--out", str(tmp_path / "out")])
+    rec = args.recipes[0]
+    cmd = harness.peer_command(args, rec, 0, tmp_path / "r.json")
+    value = {k: cmd[i + 1] for i, k in enumerate(cmd[:-1]) if k.startswith("--")}
+    assert (value["--loss"], value["--rule"]) == ("LDAM", "DRW")
+    warmup, drw = int(value["--warmup"]), int(value["--drw"])
+    milestones = [int(m) for m in cmd[cmd.index("--milestones") + 1:cmd.index("--milestones") + 3]]
+    if epochs == 200:
+        assert (warmup, milestones, drw) == (5, [160, 180], 160)  # the released constants
+    # the adapter's schedule, on a stand-in module holding the released DRW expression
+    source = tmp_path / "stand_in.py"
+    source.write_text("def main_worker():\n    return [epoch // 160 for epoch in range(EPOCHS)]\n")
+    module = types.ModuleType("stand_in")
+    module.__file__ = str(source)
+    exec(compile(source.read_text(), str(source), "exec"), module.__dict__)
+    import linecache
+
+    linecache.checkcache(str(source))
+    ldam_adapter.short_schedule(module, 0.1, warmup, milestones, drw)
+    module.EPOCHS = epochs
+    reweighted = module.main_worker()
+    cfg = load_config(rec.config, recipes.ltcil_overrides(rec, epochs=epochs, seed=0, tasks=1, data_root="/data"))
+    assert cfg.scenario.longtail_images == "ldam_drw" and cfg.scenario.val_per_class == 0
+    for epoch in range(epochs):
+        group = {"lr": None}
+        module.adjust_learning_rate(types.SimpleNamespace(param_groups=[group]), epoch, types.SimpleNamespace(lr=0.1))
+        assert group["lr"] == pytest.approx(0.1 * lr_factor(cfg.train, epoch, epochs)), epoch
+        assert bool(reweighted[epoch]) == (epoch >= cfg.method["drw_epoch"]), epoch

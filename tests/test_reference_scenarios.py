@@ -71,6 +71,59 @@ def test_long_tailed_cifar100_holds_the_reference_images(order, seed, imbalance)
         assert sc.order[:10].tolist() == SHUFFLED_HEAD
 
 
+# JAYATEJAK/GVAlign at 545c945 (a Long-Tailed-CIL fork): 50 + 5 x 10 classes, seed 0 (`facil_adapter.py --repo
+# <GVAlign> --scenario lt|ltio --first 50 --tasks 6 --seed 0 --scenario-only ...`); FACIL's split is per task, so
+# the held-out images differ from the 11-task scenario's
+GVALIGN = {"seed:1993": ("9b8aa766efad67a1a68ee22d76650380b54a8132b9fded8176a6797d0d6e5c6d",
+                         "7817122f6c8e825486473f0ed19a967260966cc8a8b2d4fee35980450d7774bc"),
+           "natural": ("cf4f4fad31d73fad434c11674c9aa34a809820e9d2e0524b35992cb4d417def6",
+                       "2892b3451f6dd26ea07d9284e3c95aee470fefcd1bb344b59c13d99bc394237a")}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("order", sorted(GVALIGN))
+def test_gvaligns_six_task_scenario_holds_the_reference_images(order):
+    archive = SHARED_DATA / "cifar-100-python.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"{archive} is absent (integration data lives in ../shared/data beside the repository)")
+    from ltcil.config import DataConfig
+    from ltcil.data.cifar import load_cifar100
+
+    ds = load_cifar100(DataConfig(name="cifar100", root=str(SHARED_DATA), download=False))
+    cfg = ScenarioConfig(order=order, initial=50, increment=10, imbalance_factor=100, longtail_images="ldam_drw",
+                         val_fraction=0.1, val_rule="facil", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ordered scenario's class-95 note
+        sc = build_scenario(cfg, ds.train.labels, ds.test.labels, 100)
+    train = np.concatenate([t.train_indices for t in sc.tasks])
+    val = np.concatenate([t.val_indices for t in sc.tasks])
+    assert (_digest(train), _digest(val)) == GVALIGN[order] and len(sc.tasks) == 6
+
+
+# kaidic/LDAM-DRW at 2536330: IMBALANCECIFAR100(imb_factor=0.01, rand_number=0) as cifar_train.py builds it
+# (`python benchmarks/peers/ldam_adapter.py --repo <checkout> --scenario-only --data ../shared/data --out s.json`)
+LDAM_DRW_TRAIN = "ba66b1fd8f540fe3b3f5c92bd717878c5685b8574d6ad6c638aa516c76a2c434"
+
+
+@pytest.mark.integration
+def test_long_tailed_recognition_trains_on_the_ldam_drw_reference_images():
+    archive = SHARED_DATA / "cifar-100-python.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"{archive} is absent (integration data lives in ../shared/data beside the repository)")
+    from ltcil.config import DataConfig, load_config
+    from ltcil.data.cifar import load_cifar100
+
+    ds = load_cifar100(DataConfig(name="cifar100", root=str(SHARED_DATA), download=False))
+    # the LT-recognition recipe, with the parity run's overrides (benchmarks/peers/recipes.py LT_RECOGNITION)
+    cfg = load_config("ce_resnet32_cifar100lt_if100", ["scenario.longtail_images=ldam_drw", "scenario.val_per_class=0"])
+    sc = build_scenario(cfg.scenario, ds.train.labels, ds.test.labels, 100)
+    assert len(sc.tasks) == 1 and sc.tasks[0].num_classes == 100
+    train = sc.tasks[0].train_indices
+    assert _digest(train) == LDAM_DRW_TRAIN and len(train) == 10847
+    counts = np.bincount(ds.train.labels[train], minlength=100)
+    assert counts.tolist() == [int(500 * 0.01 ** (i / 99)) for i in range(100)]
+
+
 def test_ldam_drw_keeps_a_class_the_same_images_whatever_else_the_scenario_holds():
     labels = np.repeat(np.arange(4), 10)
     rs = np.random.RandomState(0)  # LDAM-DRW: numpy.random.seed(0); every class shuffled in id order

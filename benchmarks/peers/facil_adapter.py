@@ -8,11 +8,13 @@ ltcil is not imported here.
     python facil_adapter.py --repo /path/to/Long-Tailed-CIL --scenario lt --first 50 --tasks 11 --scenario-only \
         --data ../shared/data --out scenario.json
 
-Both xialeiliu/Long-Tailed-CIL (ECCV 2022: LUCIR, PODNet, EEIL and their *_2stage forms) and
-JiangpengHe/imbalanced_cil (CVPR 2024: DGR) are FACIL forks with the same `src/main_incremental.py`; the adapter
-passes the arguments of the repository's `scripts/*no_gridsearch.sh` / `script/main.sh` for CIFAR-100 (ResNet-32,
-lr 0.1 divided by 10 at --schedule_step, momentum 0.9, weight decay 5e-4, batch 128, 20 herding exemplars per
-class) with the epochs, milestones, seed and number of tasks of the parity run.
+xialeiliu/Long-Tailed-CIL (ECCV 2022: LUCIR, PODNet, EEIL and their *_2stage forms), JiangpengHe/imbalanced_cil
+(CVPR 2024: DGR) and JAYATEJAK/GVAlign (WACV 2024: lucir_gvalign_2stage, a Long-Tailed-CIL fork whose
+main_incremental.py hands each task's test loader to the approach as its validation loader, for logging only, and
+whose --save-models flag turns saving off) are FACIL forks with the same `src/main_incremental.py` interface; the
+adapter passes the arguments of the repository's `scripts/*no_gridsearch.sh` / `script/main.sh` for CIFAR-100
+(ResNet-32, lr 0.1 divided by 10 at --schedule_step, momentum 0.9, weight decay 5e-4, batch 128, 20 herding
+exemplars per class) with the epochs, milestones, seed and number of tasks of the parity run.
 
 Adaptations, all applied in memory (nothing in the checkout is edited):
 - data: torchvision's CIFAR-100 checks the official archive's md5, which the re-packed archive in shared/data does

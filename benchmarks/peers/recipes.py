@@ -36,15 +36,17 @@ class Recipe:
     # FACIL-based peers fix the order per scenario and seed training and the validation split (scenario.seed=N)
 
 
-def _facil(peer: str, method: str, config: str, classifier: str, approach: str, scenario: str) -> "Recipe":
-    """A FACIL-based peer's recipe: its approach on its scenario (lt: shuffled, ltio: ordered), 50 + 10 x 5 classes;
-    the class order is the scenario's, the seed trains and draws the validation split."""
+def _facil(peer: str, method: str, config: str, classifier: str, approach: str, scenario: str,
+           tasks: int = 11) -> "Recipe":
+    """A FACIL-based peer's recipe: its approach on its scenario (lt: shuffled, ltio: ordered), 50 classes then
+    `tasks` - 1 tasks sharing the other 50; the class order is the scenario's, the seed trains and draws the
+    validation split."""
     more = {}
-    if approach == "eeil":  # its balanced fine-tuning (40 epochs) takes the parity schedule too, on both sides
+    if approach in ("eeil", "eeil_2stage"):  # its balanced fine-tuning (40 epochs) takes the parity schedule too
         more = dict(epoch_keys=("train.epochs", "method.finetune_epochs"), peer_epoch_args=("--nepochs-finetuning",))
     return Recipe(peer, method, config, {"cnn": classifier}, **{"epoch_keys": ("train.epochs",), **more},
                   order_from_seed=False,
-                  peer_args=("--approach", approach, "--scenario", scenario, "--first", "50", "--tasks", "11"))
+                  peer_args=("--approach", approach, "--scenario", scenario, "--first", "50", "--tasks", str(tasks)))
 
 
 _ALL = (
@@ -68,7 +70,16 @@ _ALL = (
           ("long-tailed-cil", "lucir", "lucir_resnet32_cifar100lt", "_facil", "linear", "lucir"),
           ("long-tailed-cil", "lucir_2stage", "lucir_two_stage_resnet32_cifar100lt", "_facil", "two_stage",
            "lucir_2stage"),
-          ("long-tailed-cil", "eeil", "eeil_resnet32_cifar100lt", "_facil", "logits", "eeil"))
+          ("long-tailed-cil", "eeil", "eeil_resnet32_cifar100lt", "_facil", "logits", "eeil"),
+          ("long-tailed-cil", "eeil_2stage", "eeil_two_stage_resnet32_cifar100lt", "_facil", "two_stage",
+           "eeil_2stage"),
+          ("long-tailed-cil", "podnet", "podnet_resnet32_cifar100lt", "_facil", "linear", "podnet"),
+          ("long-tailed-cil", "podnet_2stage", "podnet_two_stage_resnet32_cifar100lt", "_facil", "two_stage",
+           "podnet_2stage"))
+      for scenario, order in (("lt", "shuffled"), ("ltio", "ordered"))),
+    # GVAlign's own code (a Long-Tailed-CIL fork): its LUCIR with stage-1 mixup and stage-2 alignment, 50 + 5 x 10
+    *(_facil("gvalign", f"lucir_gvalign_{scenario}", f"lucir_gvalign_resnet32_cifar100lt_{order}_b50inc10_released",
+             "gvalign", "lucir_gvalign_2stage", scenario, tasks=6)
       for scenario, order in (("lt", "shuffled"), ("ltio", "ordered"))),
 )
 # LAMDA-PILOT (benchmarks/peers/pilot_adapter.py): its ViT-B/16 recipes on the shared random ViT (timm's
@@ -85,7 +96,18 @@ _ALL = _ALL + (
            extra=(*PILOT_VIT, "method.scoring=cosine", f"method.projection={PILOT_PROJECTION}"),
            peer_args=("--projection", str(PILOT_PROJECTION))),
 )
-FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil")  # peers run through facil_adapter.py from a --repo checkout
+# kaidic/LDAM-DRW (benchmarks/peers/ldam_adapter.py): plain long-tailed recognition on CIFAR-100-LT IF 100, one task
+# of 100 classes; both sides train on the images IMBALANCECIFAR100 keeps (numpy seed 0: ltcil's ldam_drw images, and
+# no validation, which the reference has none of and ltcil's recipe takes 20 of from the head class's 500) and test
+# on the whole test set
+LT_RECOGNITION = ("scenario.longtail_images=ldam_drw", "scenario.val_per_class=0")
+_ALL = _ALL + tuple(
+    Recipe("ldam-drw", method, config, {"cnn": "logits"}, epoch_keys=("train.epochs",), extra=LT_RECOGNITION,
+           order_from_seed=False, peer_args=("--loss", loss, "--rule", rule))
+    for method, config, loss, rule in (("ldam_drw", "ldam_drw_resnet32_cifar100lt_if100", "LDAM", "DRW"),
+                                       ("ce", "ce_resnet32_cifar100lt_if100", "CE", "None")))
+# peers run through facil_adapter.py from a --repo checkout
+FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil", "gvalign")
 RECIPES: dict[tuple[str, str], Recipe] = {(r.peer, r.method): r for r in _ALL}
 
 
@@ -133,6 +155,13 @@ def short_schedule(rec: Recipe, epochs: int) -> dict:
         out["bias"] = scale_milestones(method["bias_milestones"], method["bias_epochs"], epochs)
     if "method.finetune_epochs" in rec.epoch_keys:  # FACIL's EEIL steps its fine-tuning lr at the task's epochs
         out["finetune"] = out["later"]
+    if train.warmup_epochs:  # ltcil warms up over its first W epochs ((e+1)/(W+1)); the LDAM-DRW code reaches the
+        # base lr at 1-based epoch W+1 ((e+1)/(W+1) until then): the peer's epoch, scaled, and ltcil's one fewer
+        peer_warmup = scale_milestones([train.warmup_epochs + 1], train.epochs, epochs)[0]
+        out["warmup"] = {"peer": peer_warmup, "ltcil": peer_warmup - 1}
+    drw = load_config(rec.config).method.get("drw_epoch")
+    if drw:
+        out["drw"] = scale_milestones([drw], train.epochs, epochs)[0]
     return out
 
 
@@ -150,6 +179,10 @@ def ltcil_overrides(rec: Recipe, epochs: int, seed: int, tasks: int, data_root: 
             out.append(f"method.bias_milestones={sched['bias']}")
         if "finetune" in sched:
             out.append(f"method.finetune_milestones={sched['finetune']}")
+        if "warmup" in sched:
+            out.append(f"train.warmup_epochs={sched['warmup']['ltcil']}")
+        if "drw" in sched:
+            out.append(f"method.drw_epoch={sched['drw']}")
     scenario = f"scenario.order=seed:{seed}" if rec.order_from_seed else f"scenario.seed={seed}"
     out += [f"seed={seed}", scenario, f"scenario.max_tasks={tasks}", f"data.root={data_root}",
             "log.report=never", "train.progress=false", *rec.extra]

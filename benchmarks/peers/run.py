@@ -30,7 +30,7 @@ import recipes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADAPTERS = {"pycil": HERE / "pycil_adapter.py", "avalanche": HERE / "avalanche_adapter.py",
-            "pilot": HERE / "pilot_adapter.py",
+            "pilot": HERE / "pilot_adapter.py", "ldam-drw": HERE / "ldam_adapter.py",
             **{peer: HERE / "facil_adapter.py" for peer in recipes.FACIL_PEERS}}
 
 
@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
     p.add_argument("--repo", type=Path, default=None,
                    help="checkout of the FACIL-based peer (--peer " + " / ".join(recipes.FACIL_PEERS) + ") or of "
-                        "LAMDA-PILOT (--peer pilot)")
+                        "LAMDA-PILOT (--peer pilot) or of LDAM-DRW (--peer ldam-drw)")
     p.add_argument("--vit-weights", type=Path, default=None,
                    help="--peer pilot: the shared random ViT both sides load (pilot_adapter.py --make-weights)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: all cores)")
@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--peer-python: the python of the peer's venv is required to run the peer")
         if args.peer == "pycil" and (args.pycil is None or not (args.pycil / "main.py").exists()):
             p.error(f"--pycil: {args.pycil} is not a PyCIL checkout (no main.py there)")
+        if args.peer == "ldam-drw" and (args.repo is None or not (args.repo / "cifar_train.py").exists()):
+            p.error(f"--repo: {args.repo} is not an LDAM-DRW checkout (no cifar_train.py there)")
         if args.peer == "pilot" and (args.repo is None or not (args.repo / "main.py").exists()):
             p.error(f"--repo: {args.repo} is not a LAMDA-PILOT checkout (no main.py there)")
         if args.peer in recipes.FACIL_PEERS and (args.repo is None
@@ -106,6 +108,13 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
         if rec.peer_epoch_args:
             cmd += ["--", *(x for arg in rec.peer_epoch_args for x in (arg, str(args.epochs)))]
         return cmd
+    if args.peer == "ldam-drw":  # one task: the whole recipe's schedule shape at --epochs
+        sched = recipes.short_schedule(rec, args.epochs)
+        cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--repo", str(args.repo or "REPO"),
+               *rec.peer_args, "--epochs", str(args.epochs), "--seed", str(seed), "--data", str(args.data),
+               "--warmup", str(sched["warmup"]["peer"]), "--milestones", *map(str, sched["later"]),
+               "--drw", str(sched.get("drw", sched["later"][0])), "--out", str(out_json)]
+        return cmd + (["--threads", str(args.threads)] if args.threads else [])
     cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--method", rec.method,
            "--epochs", str(args.epochs), "--tasks", str(args.tasks), "--seed", str(seed), "--data", str(args.data),
            "--out", str(out_json)]
