@@ -277,3 +277,20 @@ def test_a_frozen_backbone_method_on_random_weights_says_so():
 
     with pytest.warns(LtcilWarning, match="random weights here .* useful for tests, not for results"):
         check_components(_cfg("method.name=ranpac"))
+
+
+@pytest.mark.parametrize("method", ["simplecil", "ranpac"])
+def test_frozen_backbone_evaluation_embeds_each_test_image_once_and_scores_as_without_the_cache(tmp_path, method):
+    # three tasks: without the cache the backbone would see task 1's test images three times, task 2's twice
+    from ltcil.evaluation.evaluator import predict_all
+
+    extra = ["method.projection=32"] if method == "ranpac" else []
+    exp = Experiment(_cfg(f"method.name={method}", *extra), tmp_path)
+    results = exp.run()
+    cache = exp.method.feature_cache
+    test_images = sum(len(t.test_indices) for t in exp.tasks)
+    assert cache.computed == test_images
+    assert cache.served == sum(len(t.test_indices) for t in exp.tasks[:2]) + len(exp.tasks[0].test_indices)
+    direct = predict_all(exp.method, exp.data, "test", np.concatenate([t.test_indices for t in exp.tasks]), 7)
+    pred = direct["logits"].argmax(1)
+    assert results["accuracy"][-1] == pytest.approx(100 * float((pred == direct["target"]).mean()), abs=1e-9)

@@ -34,11 +34,33 @@ def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int, 
     return result
 
 
+@torch.inference_mode()
+def predict_tasks(method, data, split: str, index_lists: list, batch_size: int, plugins=()) -> dict:
+    """predict_all over the concatenated index lists (one per task). A method with a feature cache (a frozen
+    backbone: methods/frozen_base.py) and no plugin embeds each list once per run and classifies from memory."""
+    cache = getattr(method, "feature_cache", None)
+    if cache is None or plugins:
+        return predict_all(method, data, split, np.concatenate(index_lists), batch_size, plugins)
+    method.model.eval()
+    device = next(method.model.parameters()).device
+    outputs: dict = {}
+    targets = []
+    for indices in index_lists:
+        feats, y = cache.features(method.model.forward_features, data, split, indices, batch_size)
+        for start in range(0, len(y), batch_size):
+            chunk = feats[start : start + batch_size].to(device)
+            for name, logits in method.predict_features(chunk).items():
+                outputs.setdefault(name, []).append(logits.float().cpu())
+        targets.append(y)
+    result = {name: torch.cat(chunks).numpy() for name, chunks in outputs.items()}
+    result["target"] = torch.cat(targets).numpy() if targets else np.zeros(0, dtype=np.int64)
+    return result
+
+
 def evaluate_step(method, data, scenario, task_index: int, eval_cfg, split: str = "test", plugins=()) -> dict:
     """Metrics on all classes seen after task `task_index`."""
     tasks = scenario.tasks[: task_index + 1]
-    indices = np.concatenate([t.test_indices for t in tasks])
-    out = predict_all(method, data, split, indices, eval_cfg.batch_size, plugins)
+    out = predict_tasks(method, data, split, [t.test_indices for t in tasks], eval_cfg.batch_size, plugins)
     target = out.pop("target")
     seen = scenario.seen_classes(task_index)
     task_of_class = np.concatenate([np.full(t.num_classes, t.index) for t in scenario.tasks])
@@ -70,11 +92,11 @@ def validation_accuracy(method, data, scenario, task_index: int, batch_size: int
                         plugins=()) -> float:
     """Top-1 of the headline classifier on the validation images of every class seen after `task_index`
     (held out from training data; the test split is not read). Raises when the scenario has none."""
-    indices = np.concatenate([t.val_indices for t in scenario.tasks[: task_index + 1]])
-    if len(indices) == 0:
+    lists = [t.val_indices for t in scenario.tasks[: task_index + 1]]
+    if sum(len(v) for v in lists) == 0:
         from ..errors import ConfigError
 
         raise ConfigError("selection needs validation images: set scenario.val_fraction (e.g. 0.1) or "
                           "scenario.val_per_class, or use a dataset with its own validation split.")
-    out = predict_all(method, data, scenario.val_pool, indices, batch_size, plugins)
+    out = predict_tasks(method, data, scenario.val_pool, lists, batch_size, plugins)
     return metrics.accuracy(out[headline].argmax(1), out["target"])

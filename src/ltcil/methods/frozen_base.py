@@ -1,7 +1,9 @@
 """The shared base of methods on a frozen pre-trained backbone (SimpleCIL, RanPAC): the backbone never changes,
-nothing runs an epoch, and each task computes its images' embeddings once. Checkpoints keep the head and a
-digest of the backbone, not the backbone itself (a ViT-B/16 is 330 MB a task): a resumed run rebuilds it from the
-same weights, and a digest that no longer matches (backbone.checkpoint changed in between) is an error."""
+nothing runs an epoch, each task computes its training images' embeddings once, and evaluation computes each
+test image's embedding once per run (evaluation/feature_cache.py), classifying later evaluations from memory.
+Checkpoints keep the head and a digest of the backbone, not the backbone itself (a ViT-B/16 is 330 MB a task): a
+resumed run rebuilds it from the same weights, and a digest that no longer matches (backbone.checkpoint changed
+in between) is an error."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import warnings
 import torch
 
 from ..errors import ConfigError, LtcilWarning
+from ..evaluation.feature_cache import FeatureCache
 from .base import IncrementalNet, Method
 
 
@@ -47,8 +50,17 @@ class FrozenBackboneMethod(Method):
         backbone = freeze(networks.backbone())
         return IncrementalNet(backbone, cls.make_head(backbone.num_features, options))
 
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
+        self.feature_cache = FeatureCache()  # evaluation embeddings: the backbone never changes
+
     def trains(self, task) -> bool:
         return False
+
+    @torch.no_grad()
+    def predict_features(self, feats: torch.Tensor) -> dict:
+        """predict() from backbone embeddings (what the feature cache holds)."""
+        return {"logits": self.model.head(feats)}
 
     def task_features(self, task, ctx):
         """(embeddings, labels) of the task's un-augmented training images, one batched pass."""
