@@ -103,7 +103,8 @@ class BackboneConfig:
 @dataclass
 class HeadConfig:
     init: str = "uniform"  # new rows of the growable linear head: uniform (nn.Linear's default) | kaiming_uniform
-    # (U(+-sqrt(3/fan_in)), bias 0: PyCIL's head) | kaiming_normal (N(0, 1/fan_in), bias 0: Avalanche's IcarlNet)
+    # (U(+-sqrt(3/fan_in)), bias 0: PyCIL's head) | kaiming_normal (N(0, 1/fan_in), bias 0: Avalanche's IcarlNet) |
+    # trunc_normal (N(0, 0.02^2) cut at +-2, bias 0: timm's ViT head)
 
 
 @dataclass
@@ -245,7 +246,7 @@ _CHOICES = {
     "backbone.block": ("basic", "bottleneck"),
     "backbone.shortcut": ("conv", "pad"),
     "backbone.conv_init": ("fan_out", "fan_in"),
-    "head.init": ("uniform", "kaiming_uniform", "kaiming_normal"),
+    "head.init": ("uniform", "kaiming_uniform", "kaiming_normal", "trunc_normal"),
     "backbone.norm": ("bn", "cn", "gn"),
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
     "gvalign.variant": ("pooled", "released"),

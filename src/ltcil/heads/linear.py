@@ -14,14 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-INITS = ("uniform", "kaiming_uniform", "kaiming_normal")
+INITS = ("uniform", "kaiming_uniform", "kaiming_normal", "trunc_normal")
 
 
 class IncrementalLinear(nn.Module):
     """logits = x W^T + b over every class added so far; starts with `num_classes` (default 0) rows.
     `init` of new rows: "uniform", nn.Linear's default; "kaiming_uniform", U(+-sqrt(3 / fan_in)) with a zero
     bias (PyCIL's SimpleLinear); "kaiming_normal", N(0, 1 / fan_in) with a zero bias (Avalanche's
-    initialize_icarl_net: He-normal with the sigmoid's gain 1)."""
+    initialize_icarl_net: He-normal with the sigmoid's gain 1); "trunc_normal", N(0, 0.02^2) cut at +-2 with a zero bias
+    (timm's ViT head, which L2P / DualPrompt-style prompt methods train)."""
 
     def __init__(self, in_features: int, num_classes: int = 0, bias: bool = True, init: str = "uniform"):
         super().__init__()
@@ -66,6 +67,11 @@ class IncrementalLinear(nn.Module):
         weights and bias; with gain 1 (He et al. 2015, Sec. 2.2): kaiming_uniform U(-sqrt(3/fan_in), sqrt(3/fan_in)),
         kaiming_normal N(0, 1/fan_in), both with bias 0."""
         fan_in = max(self.in_features, 1)
+        if self.init == "trunc_normal":
+            torch.nn.init.trunc_normal_(weight, std=0.02)
+            if bias is not None:
+                bias.zero_()
+            return
         if self.init in ("kaiming_uniform", "kaiming_normal"):
             if self.init == "kaiming_uniform":
                 weight.uniform_(-math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))

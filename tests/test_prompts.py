@@ -1,0 +1,103 @@
+"""Prompt-based CIL on a frozen ViT: L2P's prompt pool (key matching, batchwise choice), where its prompts enter the
+ViT, its masked loss with the key pull, and that only the prompts, keys and head learn."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import run_tiny, tiny_config
+
+from ltcil.engine.runner import Experiment
+from ltcil.errors import ConfigError
+from ltcil.layers.prompt_pool import PromptPool
+
+L2P = ["method.name=l2p", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0",
+       "head.init=trunc_normal", "train.optimizer=adam", "train.lr=0.002", "method.pool_size=6", "method.top_k=2",
+       "method.length=2"]
+
+
+def test_pool_takes_the_nearest_keys_per_image_or_the_batchs_most_frequent():
+    pool = PromptPool(pool_size=4, length=1, dim=2, top_k=2)
+    with torch.no_grad():
+        pool.keys.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7]]))
+    query = torch.tensor([[1.0, 0.1], [0.1, 1.0], [1.0, 0.2]])
+    idx, cos = pool.select(query, batchwise=False)
+    assert idx.tolist() == [[0, 3], [1, 3], [0, 3]]
+    expected = F.normalize(query, dim=1) @ F.normalize(pool.keys, dim=1).T
+    torch.testing.assert_close(cos, expected.gather(1, idx))
+    shared, shared_cos = pool.select(query, batchwise=True)  # key 3 chosen 3 times, key 0 twice, key 1 once
+    assert shared.tolist() == [[3, 0]] * 3
+    torch.testing.assert_close(shared_cos, expected.gather(1, shared))
+    tie = pool.select(torch.tensor([[1.0, 0.1], [0.1, 1.0]]), batchwise=True)[0]  # 3 twice, 0 and 1 once
+    assert tie.tolist() == [[3, 0]] * 2  # equals: the lower index
+    assert pool.tokens(idx).shape == (3, 2, 2)
+
+
+def test_l2p_prompts_follow_the_class_token_with_its_position_embedding(tmp_path):
+    exp = Experiment(tiny_config(*L2P), tmp_path)
+    net = exp.method.model.backbone
+    vit = net.vit
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        feats, cos = net.eval().forward_prompted(x)
+        idx, _ = net.pool.select(vit.forward_features(x), batchwise=True)
+        prompts = net.pool.prompts[idx].reshape(3, -1, vit.num_features) + vit.pos_embed[:, :1]
+        z = vit.embed(x)
+        z = torch.cat([z[:, :1], prompts, z[:, 1:]], dim=1)
+        for block in vit.blocks:
+            z = block(z)
+        z = vit.norm(z)
+    torch.testing.assert_close(feats, z[:, 1 : 1 + prompts.shape[1]].mean(1))
+    assert cos.shape == (3, 2)
+
+
+def test_l2p_masks_old_classes_pulls_keys_and_trains_only_prompts_keys_and_head(tmp_path):
+    exp = Experiment(tiny_config(*L2P, "scenario.max_tasks=2"), tmp_path)
+    vit_before = {k: v.clone() for k, v in exp.method.model.backbone.vit.state_dict().items()}
+    pool_before = exp.method.model.backbone.pool.prompts.detach().clone()
+    exp.run()
+    method = exp.method
+    for k, v in method.model.backbone.vit.state_dict().items():
+        assert torch.equal(v, vit_before[k]), k  # the ViT is frozen
+    assert not torch.equal(method.model.backbone.pool.prompts, pool_before)  # the prompts learned
+    trainable = {id(p) for p in method.trainable_parameters()}
+    assert trainable == {id(p) for p in (method.model.backbone.pool.prompts, method.model.backbone.pool.keys,
+                                         method.model.head.weight, method.model.head.bias)}
+    # a step of the second task: CE over its own classes only, minus 0.1 x the chosen keys' cosines per image
+    assert method.old_classes == 2
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([2, 3, 3, 2])
+    method.model.train()
+    losses = method.training_step(x, y)
+    with torch.no_grad():
+        feats, cos = method.model.backbone.forward_prompted(x)
+        logits = method.model.head(feats)
+        ce = F.cross_entropy(logits[:, 2:], y - 2)
+    assert losses["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    assert losses["loss"].item() == pytest.approx((ce - 0.1 * cos.sum() / 4).item(), rel=1e-5)
+    method.model.zero_grad()
+    losses["loss"].backward()
+    assert torch.equal(method.model.head.weight.grad[:2], torch.zeros_like(method.model.head.weight.grad[:2]))
+    assert method.model.backbone.pool.keys.grad.abs().sum() > 0
+
+
+def test_l2p_checkpoints_hold_no_backbone_and_resume_bit_identically(tmp_path):
+    full = run_tiny(tmp_path / "full", *L2P)
+    state = torch.load(tmp_path / "full" / "checkpoints" / "task_002.pt", weights_only=True)
+    assert not any(k.startswith("backbone.vit.") for k in state["method"]["model"])
+    assert "backbone.pool.prompts" in state["method"]["model"]
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", crashed)
+    (crashed / "checkpoints" / "task_002.pt").unlink()
+    exp = Experiment(tiny_config(*L2P), crashed)
+    assert exp.restore()
+    assert exp.run()["accuracy"] == full["accuracy"]
+
+
+def test_l2p_refuses_impossible_options_and_a_backbone_without_tokens(tmp_path):
+    with pytest.raises(ConfigError, match="method.top_k"):
+        Experiment(tiny_config(*L2P, "method.top_k=7"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="method.batchwise"):
+        Experiment(tiny_config(*L2P, "method.batchwise=sometimes"), tmp_path / "b")
+    with pytest.raises(ConfigError, match="prepends prompts to a ViT"):
+        Experiment(tiny_config(*L2P, "backbone.name=convnet"), tmp_path)
