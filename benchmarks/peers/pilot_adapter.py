@@ -16,6 +16,11 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   input being 32 px), the same pixels ltcil feeds with data.normalize=false;
 - device and workers: the CPU (PILOT's `_set_device` compares with -1 and would pick CUDA), DataLoader workers 0
   (the module globals `num_workers`), torch threads --threads;
+- L2P: PILOT's own prompted ViT class (backbone/vit_l2p.py) at the shared ViT's size, loading its weights through
+  that module's checkpoint_filter_fn (which widens the position embedding over the prompt tokens with the class
+  token's), and the same class without prompts as the query model (PromptVitNet.get_original_backbone); epochs
+  from --epochs; training images through PILOT's own augmentation at 32 px (RandomResizedCrop(32, area 5-100%) and
+  flip, its build_transform with 32 for 224);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
@@ -35,7 +40,8 @@ from pathlib import Path
 
 START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
-METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac"}
+METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p"}
+TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
 
 def make_model(weights: Path | None = None):
@@ -50,6 +56,27 @@ def make_model(weights: Path | None = None):
     return model.eval()
 
 
+def l2p_model(weights: Path, a: dict, prompted: bool):
+    """PILOT's L2P ViT class at the shared ViT's size with its weights (position embedding widened by PILOT's own
+    checkpoint_filter_fn); `prompted` False: the query model, as get_original_backbone builds it (no prompt)."""
+    import torch
+    from backbone import vit_l2p
+
+    extra = {}
+    if prompted:
+        extra = dict(prompt_length=a["length"], embedding_key=a["embedding_key"], prompt_init=a["prompt_key_init"],
+                     prompt_pool=a["prompt_pool"], prompt_key=a["prompt_key"], pool_size=a["size"], top_k=a["top_k"],
+                     batchwise_prompt=a["batchwise_prompt"], prompt_key_init=a["prompt_key_init"],
+                     head_type=a["head_type"], use_prompt_mask=a["use_prompt_mask"])
+    model = vit_l2p.VisionTransformer(num_classes=a["nb_classes"], drop_rate=a["drop"],
+                                      drop_path_rate=a["drop_path"], **TINY, **extra)
+    state = vit_l2p.checkpoint_filter_fn(torch.load(weights, map_location="cpu", weights_only=True), model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(("head.", "prompt.")) for k in missing):
+        raise SystemExit(f"the shared ViT does not fit PILOT's L2P ViT: missing {missing}, unexpected {unexpected}")
+    return model if prompted else model.eval()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--make-weights", type=Path, default=None, help="write the shared random ViT here and stop")
@@ -61,7 +88,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, help="folder with cifar-100-python.tar.gz")
     p.add_argument("--projection", type=int, default=10000, help="RanPAC's M")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=0, help="unused: these methods train nothing (run.py passes it)")
+    p.add_argument("--epochs", type=int, default=0, help="L2P's epochs a task (tuned_epoch); SimpleCIL and RanPAC "
+                                                         "train nothing")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -98,8 +126,19 @@ def main() -> None:
         self.test_data, self.test_targets = test_x, test_y
 
     pilot_data.iCIFAR224.download_data = download_data
-    pilot_data.build_transform = lambda is_train, a: [transforms.ToTensor()]
-    pilot_net.get_backbone = lambda a, pretrained=False: make_model(weights)
+    if args.method == "l2p":  # PILOT's training augmentation, at the shared ViT's 32 px
+        def build_transform(is_train, a):
+            if not is_train:
+                return [transforms.ToTensor()]
+            return [transforms.RandomResizedCrop(32, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)),
+                    transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()]
+
+        pilot_data.build_transform = build_transform
+        pilot_net.get_backbone = lambda a, pretrained=False: l2p_model(weights, a, prompted=True)
+        pilot_net.PromptVitNet.get_original_backbone = lambda self, a: l2p_model(weights, a, prompted=False)
+    else:
+        pilot_data.build_transform = lambda is_train, a: [transforms.ToTensor()]
+        pilot_net.get_backbone = lambda a, pretrained=False: make_model(weights)
 
     def set_device(a):
         a["device"] = [torch.device("cpu")]
@@ -125,6 +164,8 @@ def main() -> None:
     exp = json.loads((repo / "exps" / f"{args.method}.json").read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
                 "config": f"exps/{args.method}.json"})
+    if args.method == "l2p":
+        exp["tuned_epoch"] = args.epochs
     if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})
         module.Learner._init_train = lambda self, *a, **k: None
