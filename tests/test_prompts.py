@@ -101,3 +101,59 @@ def test_l2p_refuses_impossible_options_and_a_backbone_without_tokens(tmp_path):
         Experiment(tiny_config(*L2P, "method.batchwise=sometimes"), tmp_path / "b")
     with pytest.raises(ConfigError, match="prepends prompts to a ViT"):
         Experiment(tiny_config(*L2P, "backbone.name=convnet"), tmp_path)
+
+
+DUALPROMPT = ["method.name=dualprompt", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0",
+              "head.init=trunc_normal", "train.optimizer=adam", "train.lr=0.002", "method.pool_size=4",
+              "method.g_layers=[0]", "method.e_layers=[1]", "method.g_length=2", "method.e_length=3",
+              "train.weight_decay=0"]
+
+
+def test_dualprompt_prefixes_its_g_and_e_prompts_and_trains_the_tasks_own_e_prompt(tmp_path):
+    exp = Experiment(tiny_config(*DUALPROMPT, "scenario.max_tasks=2"), tmp_path)
+    net = exp.method.model.backbone
+    vit = net.vit
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        query = vit.forward_features(x)
+        net.eval()
+        feats, cos = net.forward_prompted(x)  # testing: the nearest key, batchwise
+        idx = int(torch.mode((F.normalize(query, dim=1) @ F.normalize(net.keys, dim=1).T).argmax(1)).values)
+        z = vit.embed(x)
+        g = net.g_prompt[:2]
+        e = net.e_prompt(idx)[0]
+        z = vit.blocks[0](z, (g[0].expand(3, -1, -1), g[1].expand(3, -1, -1)))
+        z = vit.blocks[1](z, (e[0].expand(3, -1, -1), e[1].expand(3, -1, -1)))
+        expected = vit.norm(z)[:, 0]
+    torch.testing.assert_close(feats, expected)
+    assert cos.shape == (3, 1)
+    seen = {}
+    begin = exp.method.begin_task
+
+    def prompts():
+        return torch.stack([net.e_prompt(p) for p in range(4)]).detach().clone()
+
+    def recorded_begin(task, ctx):
+        before = prompts()
+        begin(task, ctx)
+        seen[task.index] = (before, prompts(), net.task_index)
+
+    exp.method.begin_task = recorded_begin
+    exp.run()
+    before, started, task_index = seen[1]
+    assert task_index == 1
+    after = prompts()
+    assert torch.equal(started[1], before[0])  # E-prompt 1 starts as the trained E-prompt 0
+    assert not torch.equal(after[1], started[1])  # and learns in task 1
+    assert torch.equal(after[2:], before[2:])  # the unused ones never move
+    net.train()
+    net.task_index = 1
+    _, train_cos = net.forward_prompted(x)  # training: the task's own key, whatever the query
+    torch.testing.assert_close(train_cos[:, 0], F.cosine_similarity(vit.forward_features(x), net.keys[1][None]))
+
+
+def test_dualprompt_refuses_layers_the_vit_does_not_have(tmp_path):
+    with pytest.raises(ConfigError, match="block 5 of method.g_layers"):
+        Experiment(tiny_config(*DUALPROMPT, "method.e_layers=[5]"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="distinct block indices"):
+        Experiment(tiny_config(*DUALPROMPT, "method.e_layers=[0]"), tmp_path / "b")

@@ -16,11 +16,11 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   input being 32 px), the same pixels ltcil feeds with data.normalize=false;
 - device and workers: the CPU (PILOT's `_set_device` compares with -1 and would pick CUDA), DataLoader workers 0
   (the module globals `num_workers`), torch threads --threads;
-- L2P: PILOT's own prompted ViT class (backbone/vit_l2p.py) at the shared ViT's size, loading its weights through
-  that module's checkpoint_filter_fn (which widens the position embedding over the prompt tokens with the class
-  token's), and the same class without prompts as the query model (PromptVitNet.get_original_backbone); epochs
-  from --epochs; training images through PILOT's own augmentation at 32 px (RandomResizedCrop(32, area 5-100%) and
-  flip, its build_transform with 32 for 224);
+- L2P and DualPrompt: PILOT's own prompted ViT class (backbone/vit_l2p.py, vit_dualprompt.py) at the shared ViT's
+  size, loading its weights through that module's checkpoint_filter_fn (for L2P it widens the position embedding
+  over the prompt tokens with the class token's), and the same class without prompts as the query model
+  (PromptVitNet.get_original_backbone); epochs from --epochs; training images through PILOT's own augmentation at
+  32 px (RandomResizedCrop(32, area 5-100%) and flip, its build_transform with 32 for 224);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
@@ -40,7 +40,9 @@ from pathlib import Path
 
 START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
-METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p"}
+METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p",
+           "dualprompt": "models.dualprompt"}
+PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
 TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
 
@@ -56,24 +58,33 @@ def make_model(weights: Path | None = None):
     return model.eval()
 
 
-def l2p_model(weights: Path, a: dict, prompted: bool):
-    """PILOT's L2P ViT class at the shared ViT's size with its weights (position embedding widened by PILOT's own
-    checkpoint_filter_fn); `prompted` False: the query model, as get_original_backbone builds it (no prompt)."""
-    import torch
-    from backbone import vit_l2p
+def prompt_model(weights: Path, a: dict, module_name: str, prompted: bool):
+    """PILOT's prompted ViT class (`module_name` in its backbone/) at the shared ViT's size with its weights,
+    through that module's checkpoint_filter_fn, with the arguments utils/inc_net.get_backbone passes it;
+    `prompted` False: the query model, as get_original_backbone builds it (no prompt)."""
+    import importlib
 
+    import torch
+
+    module = importlib.import_module(f"backbone.{module_name}")
     extra = {}
     if prompted:
         extra = dict(prompt_length=a["length"], embedding_key=a["embedding_key"], prompt_init=a["prompt_key_init"],
                      prompt_pool=a["prompt_pool"], prompt_key=a["prompt_key"], pool_size=a["size"], top_k=a["top_k"],
                      batchwise_prompt=a["batchwise_prompt"], prompt_key_init=a["prompt_key_init"],
                      head_type=a["head_type"], use_prompt_mask=a["use_prompt_mask"])
-    model = vit_l2p.VisionTransformer(num_classes=a["nb_classes"], drop_rate=a["drop"],
-                                      drop_path_rate=a["drop_path"], **TINY, **extra)
-    state = vit_l2p.checkpoint_filter_fn(torch.load(weights, map_location="cpu", weights_only=True), model)
+        if module_name == "vit_dualprompt":
+            extra.update({k: a[k] for k in ("use_g_prompt", "g_prompt_length", "g_prompt_layer_idx",
+                                             "use_prefix_tune_for_g_prompt", "use_e_prompt", "e_prompt_layer_idx",
+                                             "use_prefix_tune_for_e_prompt", "same_key_value")})
+    model = module.VisionTransformer(num_classes=a["nb_classes"], drop_rate=a["drop"],
+                                     drop_path_rate=a["drop_path"], **TINY, **extra)
+    state = module.checkpoint_filter_fn(torch.load(weights, map_location="cpu", weights_only=True), model)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(("head.", "prompt.")) for k in missing):
-        raise SystemExit(f"the shared ViT does not fit PILOT's L2P ViT: missing {missing}, unexpected {unexpected}")
+    own = ("head.", "prompt.", "e_prompt.", "g_prompt")
+    if unexpected or any(not k.startswith(own) for k in missing):
+        raise SystemExit(f"the shared ViT does not fit PILOT's {module_name}: missing {missing}, "
+                         f"unexpected {unexpected}")
     return model if prompted else model.eval()
 
 
@@ -126,7 +137,7 @@ def main() -> None:
         self.test_data, self.test_targets = test_x, test_y
 
     pilot_data.iCIFAR224.download_data = download_data
-    if args.method == "l2p":  # PILOT's training augmentation, at the shared ViT's 32 px
+    if args.method in PROMPTED:  # PILOT's training augmentation, at the shared ViT's 32 px
         def build_transform(is_train, a):
             if not is_train:
                 return [transforms.ToTensor()]
@@ -134,8 +145,9 @@ def main() -> None:
                     transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()]
 
         pilot_data.build_transform = build_transform
-        pilot_net.get_backbone = lambda a, pretrained=False: l2p_model(weights, a, prompted=True)
-        pilot_net.PromptVitNet.get_original_backbone = lambda self, a: l2p_model(weights, a, prompted=False)
+        pilot_net.get_backbone = lambda a, pretrained=False: prompt_model(weights, a, PROMPTED[args.method], True)
+        pilot_net.PromptVitNet.get_original_backbone = lambda self, a: prompt_model(weights, a,
+                                                                                    PROMPTED[args.method], False)
     else:
         pilot_data.build_transform = lambda is_train, a: [transforms.ToTensor()]
         pilot_net.get_backbone = lambda a, pretrained=False: make_model(weights)
@@ -164,7 +176,7 @@ def main() -> None:
     exp = json.loads((repo / "exps" / f"{args.method}.json").read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
                 "config": f"exps/{args.method}.json"})
-    if args.method == "l2p":
+    if args.method in PROMPTED:
         exp["tuned_epoch"] = args.epochs
     if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})

@@ -14,6 +14,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def choose(query: torch.Tensor, keys: torch.Tensor, top_k: int, batchwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices (B, N) of the keys each query takes, their cosines (B, N)): the N nearest keys by cosine, or with
+    `batchwise` the N taken most often in the batch, for every query (ties: the lower index)."""
+    q = F.normalize(query, dim=1)
+    k = F.normalize(keys, dim=1)
+    similarity = q @ k.T  # (B, M)
+    idx = similarity.topk(top_k, dim=1).indices
+    if batchwise:
+        counts = torch.bincount(idx.flatten(), minlength=len(keys))
+        # most frequent first, the lower index among equals (a stable sort of the negated counts)
+        order = torch.sort(-counts, stable=True).indices[:top_k]
+        idx = order.unsqueeze(0).expand(len(query), -1)
+    return idx, similarity.gather(1, idx)
+
+
 class PromptPool(nn.Module):
     def __init__(self, pool_size: int, length: int, dim: int, top_k: int):
         super().__init__()
@@ -26,16 +41,7 @@ class PromptPool(nn.Module):
 
     def select(self, query: torch.Tensor, batchwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices (B, N) of the chosen prompts, cosines (B, N) between each query and its chosen keys)."""
-        q = F.normalize(query, dim=1)
-        k = F.normalize(self.keys, dim=1)
-        similarity = q @ k.T  # (B, M)
-        idx = similarity.topk(self.top_k, dim=1).indices
-        if batchwise:
-            counts = torch.bincount(idx.flatten(), minlength=self.pool_size)
-            # most frequent first, the lower index among equals (a stable sort of the negated counts)
-            order = torch.sort(-counts, stable=True).indices[: self.top_k]
-            idx = order.unsqueeze(0).expand(len(query), -1)
-        return idx, similarity.gather(1, idx)
+        return choose(query, self.keys, self.top_k, batchwise)
 
     def tokens(self, idx: torch.Tensor) -> torch.Tensor:
         """The chosen prompts, concatenated per input: (B, N * L, D)."""
