@@ -22,6 +22,7 @@ METHOD_OVERRIDES = {
     "sbcl": ["method.linear_epochs=3", "method.warmup_epochs=0", "method.recluster_every=1", "method.delta=4"],
     "simplecil": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0"],
     "ranpac": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.projection=64"],
+    "aper": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.bottleneck=8"],
     "dualprompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.pool_size=4",
                    "method.g_layers=[0]", "method.e_layers=[1]", "method.g_length=2", "method.e_length=2",
                    "train.optimizer=adam", "train.lr=0.002"],

@@ -1,7 +1,10 @@
-"""Prompt-based CIL on a frozen ViT: L2P's prompt pool (key matching, batchwise choice), where its prompts enter the
-ViT, its masked loss with the key pull, and that only the prompts, keys and head learn."""
+"""Prompt- and adapter-based CIL on a frozen ViT: L2P's prompt pool (key matching, batchwise choice), where its
+prompts enter the ViT, its masked loss with the key pull, and that only the prompts, keys and head learn;
+DualPrompt's G- and E-prefixes; APER's first-task adapters and merged prototypes."""
 
 import shutil
+
+import numpy as np
 
 import pytest
 import torch
@@ -157,3 +160,39 @@ def test_dualprompt_refuses_layers_the_vit_does_not_have(tmp_path):
         Experiment(tiny_config(*DUALPROMPT, "method.e_layers=[5]"), tmp_path / "a")
     with pytest.raises(ConfigError, match="distinct block indices"):
         Experiment(tiny_config(*DUALPROMPT, "method.e_layers=[0]"), tmp_path / "b")
+
+
+APER = ["method.name=aper", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0",
+        "method.bottleneck=8", "train.epochs=2"]
+
+
+def test_aper_adapts_on_the_first_task_only_and_merges_both_embeddings_into_prototypes(tmp_path):
+    exp = Experiment(tiny_config(*APER), tmp_path)
+    net = exp.method.model.backbone
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():  # the adapters start as zero maps: adapted = pre-trained
+        torch.testing.assert_close(net.adapted(x), net.vit.forward_features(x))
+    vit_before = {k: v.clone() for k, v in net.vit.state_dict().items()}
+    adapters = {}
+    end = exp.method.end_task
+
+    def recorded_end(task, ctx):
+        end(task, ctx)
+        adapters[task.index] = {k: v.clone() for k, v in net.adapters.state_dict().items()}
+
+    exp.method.end_task = recorded_end
+    exp.run()
+    assert [t["train_images"] > 0 for t in exp.timing] == [True, False, False]  # only the first task trains
+    for k, v in net.vit.state_dict().items():
+        assert torch.equal(v, vit_before[k]), k
+    assert all(torch.equal(adapters[2][k], v) for k, v in adapters[0].items())  # frozen after the first task
+    assert any(v.abs().sum() > 0 for k, v in adapters[0].items() if k.endswith("up.weight"))  # they did learn
+    train = torch.as_tensor(np.concatenate([t.train_indices for t in exp.tasks]))
+    with torch.no_grad():
+        images, y = exp.data.batch("train", train)
+        merged = torch.cat([net.vit.forward_features(images), net.adapted(images)], dim=1)
+    assert merged.shape[1] == 2 * net.vit.num_features
+    head = exp.method.model.head
+    for c in range(head.num_classes):
+        torch.testing.assert_close(head.weight[c], merged[y == c].mean(0), atol=1e-5, rtol=1e-4)
+    assert not any("adapter" in k for k in net.vit.state_dict())  # attached only while embedding

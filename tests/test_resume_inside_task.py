@@ -130,3 +130,21 @@ def test_an_unreadable_checkpoint_is_named_and_nothing_is_deleted(tmp_path, whic
     with pytest.raises(LtcilError, match=f"checkpoint {path} cannot be read.*delete it to resume from"):
         Experiment(tiny_config(*overrides), tmp_path / "run").restore()
     assert sorted(p.name for p in path.parent.iterdir()) == ["partial.pt", "task_000.pt"]
+
+
+def test_aper_stopped_inside_its_adapting_first_task_resumes_there_and_matches(tmp_path):
+    # APER trains in its first task only (training_methods() leaves it out): stop after the first task's first epoch
+    overrides = ["method.name=aper", f"train.epochs={EPOCHS}", TWO_TASKS, EVERY_EPOCH, *METHOD_OVERRIDES["aper"]]
+    expected = Experiment(tiny_config(*overrides), tmp_path / "full").run()
+    stopped = Experiment(tiny_config(*overrides), tmp_path / "stopped")
+    stop_at(stopped, 2)
+    with pytest.raises(Stop):
+        stopped.run()
+    partial = torch.load(partial_path(tmp_path / "stopped"), weights_only=True)
+    assert partial["task"] == 0 and partial["loop"]["epoch"] == 1
+    assert not any(k.startswith("backbone.vit.") for k in partial["method"]["model"])  # adapters, heads: no ViT
+    resumed = Experiment(tiny_config(*overrides), tmp_path / "stopped")
+    assert resumed.restore() and resumed.partial is not None
+    got = resumed.run()
+    for key in KEYS:
+        assert got.get(key) == expected.get(key), key

@@ -23,6 +23,10 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
+OTHER_WEIGHTS = ("the checkpoint was made with other backbone weights than this run builds (was backbone.checkpoint "
+                 "or the cached pre-trained file replaced?); resume with the same weights, or start a new run.")
+
+
 def digest(module: torch.nn.Module) -> str:
     """sha256 of every parameter and buffer, in order."""
     h = hashlib.sha256()
@@ -72,11 +76,33 @@ class FrozenBackboneMethod(Method):
 
     def load_state_dict(self, state: dict) -> None:
         if state["backbone_digest"] != digest(self.model.backbone):
-            raise ConfigError("the checkpoint was made with other backbone weights than this run builds (was "
-                              "backbone.checkpoint or the cached pre-trained file replaced?); resume with the same "
-                              "weights, or start a new run.")
+            raise ConfigError(OTHER_WEIGHTS)
         missing = state["num_classes"] - self.model.num_classes
         if missing > 0:
             self.model.head.add_classes(missing)
         self.model.head.load_state_dict(state["head"])
+        self.model.to(self.device)
+
+
+class AroundFrozenViT:
+    """State of a method that trains modules around a frozen ViT held as `model.backbone.vit` (prompts, adapters,
+    heads): checkpoints keep every weight but the ViT's, with the ViT's digest; a resumed run rebuilds the ViT from
+    the same weights. Mixed in before the Method base class."""
+
+    def state_dict(self) -> dict:
+        model = {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.vit.")}
+        return {"model": model, "num_classes": self.model.num_classes,
+                "backbone_digest": digest(self.model.backbone.vit)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["backbone_digest"] != digest(self.model.backbone.vit):
+            raise ConfigError(OTHER_WEIGHTS)
+        missing = state["num_classes"] - self.model.num_classes
+        if missing > 0:
+            self.model.head.add_classes(missing)
+        result = self.model.load_state_dict(state["model"], strict=False)
+        wrong = [k for k in result.missing_keys if not k.startswith("backbone.vit.")] + result.unexpected_keys
+        if wrong:
+            raise ConfigError(f"the checkpoint does not fit method {self.cfg.method['name']}'s network: "
+                              f"{', '.join(wrong[:6])}")
         self.model.to(self.device)

@@ -33,7 +33,7 @@ from ..heads.linear import IncrementalLinear
 from ..layers.prompt_pool import PromptPool
 from ..registry import register_method
 from .base import IncrementalNet, Method
-from .frozen_base import FrozenBackboneMethod, digest, freeze
+from .frozen_base import AroundFrozenViT, FrozenBackboneMethod, freeze
 
 BATCHWISE = ("always", "train", "never")
 READOUTS = ("prompt", "token")
@@ -86,7 +86,7 @@ class PromptedViT(nn.Module):
 
 
 @register_method("l2p")
-class L2P(Method):
+class L2P(AroundFrozenViT, Method):
     Options = L2POptions
     old_classes = 0  # classes before the current task (their logits are masked in training)
 
@@ -126,23 +126,3 @@ class L2P(Method):
     def begin_task(self, task, ctx):
         self.old_classes = self.model.num_classes
         super().begin_task(task, ctx)
-
-    # --- state: everything but the frozen ViT, which a resumed run rebuilds from the same weights -----------
-    def state_dict(self) -> dict:
-        model = {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.vit.")}
-        return {"model": model, "num_classes": self.model.num_classes,
-                "backbone_digest": digest(self.model.backbone.vit)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["backbone_digest"] != digest(self.model.backbone.vit):
-            raise ConfigError("the checkpoint was made with other backbone weights than this run builds (was "
-                              "backbone.checkpoint or the cached pre-trained file replaced?); resume with the same "
-                              "weights, or start a new run.")
-        missing = state["num_classes"] - self.model.num_classes
-        if missing > 0:
-            self.model.head.add_classes(missing)
-        result = self.model.load_state_dict(state["model"], strict=False)
-        wrong = [k for k in result.missing_keys if not k.startswith("backbone.vit.")] + result.unexpected_keys
-        if wrong:
-            raise ConfigError(f"the checkpoint does not fit method l2p's network: {', '.join(wrong[:6])}")
-        self.model.to(self.device)
