@@ -23,6 +23,8 @@ METHOD_OVERRIDES = {
     "simplecil": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0"],
     "ranpac": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.projection=64"],
     "aper": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.bottleneck=8"],
+    "coda_prompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.components=6",
+                    "method.length=2", "method.layers=[0, 1]", "train.optimizer=adam", "train.lr=0.002"],
     "dualprompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.pool_size=4",
                    "method.g_layers=[0]", "method.e_layers=[1]", "method.g_length=2", "method.e_length=2",
                    "train.optimizer=adam", "train.lr=0.002"],

@@ -2,6 +2,7 @@
 prompts enter the ViT, its masked loss with the key pull, and that only the prompts, keys and head learn;
 DualPrompt's G- and E-prefixes; APER's first-task adapters and merged prototypes."""
 
+import math
 import shutil
 
 import numpy as np
@@ -196,3 +197,59 @@ def test_aper_adapts_on_the_first_task_only_and_merges_both_embeddings_into_prot
     for c in range(head.num_classes):
         torch.testing.assert_close(head.weight[c], merged[y == c].mean(0), atol=1e-5, rtol=1e-4)
     assert not any("adapter" in k for k in net.vit.state_dict())  # attached only while embedding
+
+
+CODA = ["method.name=coda_prompt", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0",
+        "train.optimizer=adam", "train.lr=0.002", "train.weight_decay=0", "method.components=6", "method.length=4",
+        "method.layers=[0, 1]"]
+
+
+def test_coda_components_are_drawn_orthonormal_per_task():
+    from ltcil.methods.coda_prompt import orthonormal_rows
+
+    m = torch.zeros(6, 3, 4)
+    gen = torch.Generator().manual_seed(0)
+    orthonormal_rows(m, 0, 2, gen)
+    first = m[:2].clone()
+    orthonormal_rows(m, 2, 4, gen)
+    flat = m.view(6, -1)
+    torch.testing.assert_close(flat[:4] @ flat[:4].T, torch.eye(4), atol=1e-5, rtol=0)
+    assert torch.equal(m[:2], first) and torch.equal(m[4:], torch.zeros(2, 3, 4))  # earlier kept, later untouched
+
+
+def test_coda_prompt_is_the_cosine_weighted_sum_and_only_the_tasks_components_learn(tmp_path):
+    exp = Experiment(tiny_config(*CODA, "scenario.max_tasks=2"), tmp_path)
+    exp.run()
+    method, net = exp.method, exp.method.model.backbone
+    assert net.active == (2, 4)  # 6 components over the scenario's 3 tasks: the second task's are 2 and 3
+    vit = net.vit
+    x = torch.rand(3, 3, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        feats, _ = net.forward_prompted(x)
+        q = vit.forward_features(x)
+        z = vit.embed(x)
+        for i, block in enumerate(vit.blocks):  # both blocks prompted
+            k, a, p = net.keys[i], net.attention[i], net.prompts[i * 6 : (i + 1) * 6]
+            alpha = F.cosine_similarity((q[:, None] * a[None]), k[None], dim=2)  # (B, M)
+            prompt = torch.einsum("bk,kld->bld", alpha, p)
+            z = block(z, (prompt[:, :2], prompt[:, 2:]))
+        expected = vit.norm(z)[:, 0]
+    torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-4)
+    net.train()
+    method.model.zero_grad()
+    method.training_step(x, torch.tensor([2, 3, 2]))["loss"].backward()
+    grad = net.keys.grad
+    assert grad[:, :2].abs().sum() == 0 and grad[:, 2:4].abs().sum() > 0  # earlier tasks' components fixed
+    assert grad[:, 4:].abs().sum() == 0 and torch.equal(net.keys[:, 4:], torch.zeros_like(net.keys[:, 4:]))
+    assert method.model.head.weight.grad[:2].abs().sum() == 0  # old classes masked
+
+
+def test_quarter_cosine_schedule_is_codas():
+    from ltcil.config import TrainConfig
+    from ltcil.engine.optim import lr_factor
+
+    stage = TrainConfig(schedule="quarter_cosine", warmup_epochs=0)
+    got = [lr_factor(stage, e, 20) for e in range(20)]
+    assert got[0] == 1.0 and got[-1] == pytest.approx(math.cos(99 * math.pi / 200))
+    assert all(a > b for a, b in zip(got, got[1:]))

@@ -141,7 +141,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adam | adamw
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # constant | step | cosine
+    schedule: str = "cosine"  # constant | step | cosine | quarter_cosine (CODA-Prompt's; engine/optim.py)
     milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
@@ -238,7 +238,7 @@ _CHOICES = {
     "scenario.val_rule": ("per_class", "facil"),
     "memory.selection": ("herding", "random", "closest"),
     "train.optimizer": ("sgd", "adam", "adamw"),
-    "train.schedule": ("constant", "step", "cosine"),
+    "train.schedule": ("constant", "step", "cosine", "quarter_cosine"),
     "train.schedule_unit": ("step", "epoch"),
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),

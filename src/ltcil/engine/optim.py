@@ -26,7 +26,8 @@ def build_optimizer(params, stage, lr: float, device: torch.device) -> torch.opt
 
 def lr_factor(stage, epoch: float, epochs: int) -> float:
     """Multiplier of the base lr at `epoch` (0-based; fractional inside an epoch when the schedule moves every
-    step): linear warm-up, then constant / step (milestones in whole epochs) / cosine."""
+    step): linear warm-up, then constant / step (milestones in whole epochs) / cosine / quarter_cosine (CODA-Prompt's
+    released schedule: cos(0.495 pi e / (E - 1)), from the base lr down to 1.6% of it at the last epoch)."""
     warm = stage.warmup_epochs
     if epoch < warm:
         return (epoch + 1) / (warm + 1)
@@ -35,6 +36,9 @@ def lr_factor(stage, epoch: float, epochs: int) -> float:
     if stage.schedule == "cosine":
         span = max(epochs - warm, 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
+    if stage.schedule == "quarter_cosine":
+        span = max(epochs - warm - 1, 1)
+        return math.cos(99 * math.pi * (epoch - warm) / (200 * span))
     return 1.0
 
 
