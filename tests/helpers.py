@@ -23,6 +23,8 @@ METHOD_OVERRIDES = {
     "simplecil": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0"],
     "ranpac": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.projection=64"],
     "aper": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.bottleneck=8"],
+    "slca": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.ca_epochs=2",
+             "method.ca_samples=8", "head.init=trunc_normal"],
     "coda_prompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.components=6",
                     "method.length=2", "method.layers=[0, 1]", "train.optimizer=adam", "train.lr=0.002"],
     "dualprompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.pool_size=4",

@@ -253,3 +253,43 @@ def test_quarter_cosine_schedule_is_codas():
     got = [lr_factor(stage, e, 20) for e in range(20)]
     assert got[0] == 1.0 and got[-1] == pytest.approx(math.cos(99 * math.pi / 200))
     assert all(a > b for a, b in zip(got, got[1:]))
+
+
+SLCA = ["method.name=slca", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0",
+        "method.ca_epochs=2", "method.ca_samples=8", "head.init=trunc_normal"]
+
+
+def test_slca_logit_normalisation_divides_by_the_mean_per_task_norm():
+    from ltcil.methods.slca import task_normalised
+
+    logits = torch.tensor([[3.0, 4.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0, 0.0]])
+    got = task_normalised(logits, [2, 3])
+    norms = torch.tensor([[(5.0 + 1.0) / 2], [(1e-7 + 2.0) / 2]])
+    torch.testing.assert_close(got, logits / norms, atol=1e-6, rtol=1e-6)
+
+
+def test_slca_learns_slowly_keeps_old_rows_and_aligns_only_for_the_evaluation(tmp_path):
+    exp = Experiment(tiny_config(*SLCA), tmp_path)
+    method = exp.method
+    groups = method.trainable_parameters()
+    assert groups[0]["lr_scale"] == 0.01 and groups[1]["lr_scale"] == 1.0 and groups[1]["weight_decay"] == 0.0
+    heads = {}
+    begin, end = method.begin_task, method.end_task
+
+    def recorded_begin(task, ctx):
+        begin(task, ctx)
+        heads[("begin", task.index)] = method.model.head.weight.detach().clone()
+
+    def recorded_end(task, ctx):
+        heads[("trained", task.index)] = method.model.head.weight.detach().clone()
+        end(task, ctx)
+        heads[("aligned", task.index)] = method.model.head.weight.detach().clone()
+
+    method.begin_task, method.end_task = recorded_begin, recorded_end
+    exp.run()
+    # task 1's training leaves task 0's rows as they were (no gradient, no weight decay)
+    torch.testing.assert_close(heads[("trained", 1)][:2], heads[("begin", 1)][:2], atol=0, rtol=0)
+    assert torch.equal(heads[("aligned", 0)], heads[("trained", 0)])  # no alignment after the first task
+    assert not torch.equal(heads[("aligned", 1)], heads[("trained", 1)])  # aligned for task 1's evaluation
+    assert torch.equal(heads[("begin", 2)][:4], heads[("trained", 1)])  # task 2 starts from the unaligned head
+    assert method.means.shape == (6, method.model.backbone.num_features) and method.covs.shape[0] == 6
