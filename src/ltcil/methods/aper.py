@@ -7,7 +7,8 @@ embedding, [pre-trained ViT's; adapted ViT's] (Eq. 9), compared by cosine. Later
 As LAMDA-PILOT runs its adapter variant (models/aper_adapter.py, exps/aper_aperpter.json, backbone/vit_adapter.py),
 which the config aper_adapter_vit_b16_cifar100_b0inc10 names key by key:
 - an adapter beside every block's MLP, fed the block's residual stream after attention: up(ReLU(down(x))) x 0.1,
-  bottleneck 64, down Kaiming-uniform (a = sqrt 5) and up zero with zero biases (its "lora" init), no layer norm;
+  bottleneck 64, dropout 0.1 on the bottleneck in training, down Kaiming-uniform (a = sqrt 5) and up zero with zero
+  biases (its "lora" init), no layer norm;
 - first task: the adapters and a cosine classifier with a learned scale (PILOT's CosineLinear) trained by SGD
   (momentum 0.9, lr 0.01, weight decay 5e-4) for 20 epochs at batch 48, cosine lr to 0;
 - prototypes from the un-augmented training images, the merged embedding 2 x 768 wide, scored by cosine.
@@ -36,16 +37,17 @@ from .simplecil import set_prototypes
 class APEROptions:
     bottleneck: int = 64  # PILOT "ffn_num"
     adapter_scale: float = 0.1  # PILOT "ffn_adapter_scalar"
+    adapter_dropout: float = 0.1  # on the bottleneck, in training (PILOT's Adapter(dropout=0.1))
 
 
 class ParallelAdapter(nn.Module):
-    """AdaptFormer's adapter (Chen et al. 2022, Eq. 3): s * up(ReLU(down(x))), run beside a block's MLP."""
+    """AdaptFormer's adapter (Chen et al. 2022, Eq. 3): s * up(dropout(ReLU(down(x)))), run beside a block's MLP."""
 
-    def __init__(self, dim: int, bottleneck: int, scale: float):
+    def __init__(self, dim: int, bottleneck: int, scale: float, dropout: float = 0.0):
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
-        self.scale = scale
+        self.scale, self.dropout = scale, dropout
         with torch.no_grad():  # PILOT's "lora" init: the adapter starts as a zero map
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
             nn.init.zeros_(self.down.bias)
@@ -53,17 +55,18 @@ class ParallelAdapter(nn.Module):
             nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(F.relu(self.down(x))) * self.scale
+        return self.up(F.dropout(F.relu(self.down(x)), self.dropout, self.training)) * self.scale
 
 
 class AdaptedViT(nn.Module):
     """A frozen ViT with one adapter per block. forward_features(x) = [pre-trained embedding; adapted embedding]
     (APER's merged embedding); adapted(x) alone is what the first task trains on."""
 
-    def __init__(self, vit: nn.Module, bottleneck: int, scale: float):
+    def __init__(self, vit: nn.Module, bottleneck: int, scale: float, dropout: float = 0.0):
         super().__init__()
         self.vit = freeze(vit)
-        self.adapters = nn.ModuleList(ParallelAdapter(vit.num_features, bottleneck, scale) for _ in vit.blocks)
+        self.adapters = nn.ModuleList(ParallelAdapter(vit.num_features, bottleneck, scale, dropout)
+                                      for _ in vit.blocks)
         self.num_features = 2 * vit.num_features
 
     def train(self, mode: bool = True):
@@ -108,9 +111,9 @@ class APER(AroundFrozenViT, FrozenBackboneMethod):
     @classmethod
     def check(cls, options, cfg) -> None:
         super().check(options, cfg)
-        if options.bottleneck < 1 or options.adapter_scale <= 0:
-            raise ConfigError(f"method.bottleneck ({options.bottleneck}) must be >= 1 and method.adapter_scale "
-                              f"({options.adapter_scale}) > 0.")
+        if options.bottleneck < 1 or options.adapter_scale <= 0 or not 0 <= options.adapter_dropout < 1:
+            raise ConfigError(f"method.bottleneck ({options.bottleneck}) must be >= 1, method.adapter_scale "
+                              f"({options.adapter_scale}) > 0 and method.adapter_dropout in [0, 1).")
 
     @classmethod
     def build_network(cls, networks, options, cfg):
@@ -118,7 +121,7 @@ class APER(AroundFrozenViT, FrozenBackboneMethod):
         if not hasattr(vit, "blocks") or not hasattr(vit.blocks[0], "adapter"):
             raise ConfigError(f"method aper puts adapters into a ViT's blocks; backbone {cfg.backbone.name!r} has "
                               "none (use ltcil's ViTs: vit_tiny/small/base_patch16_224, vit_micro).")
-        backbone = AdaptedViT(vit, options.bottleneck, options.adapter_scale)
+        backbone = AdaptedViT(vit, options.bottleneck, options.adapter_scale, options.adapter_dropout)
         return APERNet(backbone, CosineLinear(vit.num_features, sigma=True))
 
     def trains(self, task) -> bool:
