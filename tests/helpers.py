@@ -25,6 +25,7 @@ METHOD_OVERRIDES = {
     "aper": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.bottleneck=8"],
     "slca": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.ca_epochs=2",
              "method.ca_samples=8", "head.init=trunc_normal"],
+    "ease": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.bottleneck=8"],
     "coda_prompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.components=6",
                     "method.length=2", "method.layers=[0, 1]", "train.optimizer=adam", "train.lr=0.002"],
     "dualprompt": ["backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.pool_size=4",

@@ -293,3 +293,53 @@ def test_slca_learns_slowly_keeps_old_rows_and_aligns_only_for_the_evaluation(tm
     assert not torch.equal(heads[("aligned", 1)], heads[("trained", 1)])  # aligned for task 1's evaluation
     assert torch.equal(heads[("begin", 2)][:4], heads[("trained", 1)])  # task 2 starts from the unaligned head
     assert method.means.shape == (6, method.model.backbone.num_features) and method.covs.shape[0] == 6
+
+
+EASE = ["method.name=ease", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0", "method.bottleneck=8"]
+
+
+def test_ease_reweights_each_classs_own_subspace_and_complements_old_prototypes():
+    from ltcil.methods.ease import SubspaceHead
+
+    head = SubspaceHead(width=2, alpha=0.1, reweight=True)
+    head.grow(2, 0)
+    head.grow(1, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 2.0]]))
+    feats = torch.tensor([[2.0, 0.0, 1.0, 1.0]])
+    cos = lambda a, b: float(F.cosine_similarity(torch.tensor(a), torch.tensor(b), dim=0))  # noqa: E731
+    # class 0 (task 0): own subspace 0 at 1, subspace 1 (its row there is zero: cosine 0) at 0.1 / 1
+    expected = [cos([2.0, 0.0], [1.0, 0.0]), cos([2.0, 0.0], [0.0, 1.0]),
+                0.1 * cos([2.0, 0.0], [1.0, 1.0]) + cos([1.0, 1.0], [0.0, 2.0])]
+    torch.testing.assert_close(head(feats)[0], torch.tensor(expected), atol=1e-6, rtol=1e-6)
+
+
+def test_ease_trains_one_subspace_per_task_and_fills_old_classes_in_new_subspaces(tmp_path):
+    exp = Experiment(tiny_config(*EASE), tmp_path)
+    method = exp.method
+    net, head = method.model.backbone, method.model.head
+    saved = {}
+    end = method.end_task
+
+    def recorded_end(task, ctx):
+        saved[task.index] = [{k: v.clone() for k, v in s.state_dict().items()} for s in net.sets]
+        end(task, ctx)
+        saved[("head", task.index)] = head.weight.clone()
+
+    method.end_task = recorded_end
+    exp.run()
+    assert len(net.sets) == 3 and head.weight.shape == (6, 3 * net.width)
+    for k, v in saved[0][0].items():  # subspace 0 never moves after task 0
+        assert torch.equal(saved[2][0][k], v), k
+    train = torch.as_tensor(np.concatenate([t.train_indices for t in exp.tasks]))
+    with torch.no_grad():
+        images, y = exp.data.batch("train", train)
+        feats = net.forward_features(images)
+    for c in (4, 5):  # the last task's classes: real prototypes in every subspace
+        torch.testing.assert_close(head.weight[c], feats[y == c].mean(0), atol=1e-5, rtol=1e-4)
+    # task 0's classes in subspace 2: softmax(cos in subspace 0 with task 2's classes) @ their subspace-2 rows
+    w = saved[("head", 2)]
+    a = F.normalize(w[4:6, 0:net.width], dim=1)
+    a_hat = F.normalize(w[0:2, 0:net.width], dim=1)
+    expected = torch.softmax(a_hat @ a.T, dim=1) @ w[4:6, 2 * net.width:]
+    torch.testing.assert_close(w[0:2, 2 * net.width:], expected, atol=1e-6, rtol=1e-5)
