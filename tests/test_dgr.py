@@ -97,6 +97,35 @@ def test_later_task_decouples_old_and_new_rows_and_rescales_the_distillation_gra
     torch.testing.assert_close(method.last_weights, alpha)
 
 
+def test_pilot_variant_weighs_plain_distillation_and_attenuation_by_classes(tmp_path):
+    # LAMDA-PILOT's models/dgr.py: loss = CE + lambda * known / new classes * KD (no T^2, no DAKD), and the new rows'
+    # task-balance ratio attenuated by exp(-gamma * known / total classes)
+    from ltcil.methods.dgr import soft_ce
+
+    method = _method(tmp_path, "method.variant=pilot", "method.dakd=false", "method.lambda_b=1.0", tasks=2)
+    method.teacher = method.frozen_copy()
+    method.old_classes = method.model.num_classes  # 4
+    method.model.head.add_classes(2)
+    method.model.train()
+    method.learned_counts = torch.tensor([14.0, 12.0, 10.0, 8.0], dtype=torch.float64)
+    method.train_counts = torch.tensor([3.0, 3.0, 3.0, 3.0, 14.0, 6.0])
+    method._priors = None
+    method.phi = torch.zeros(6, dtype=torch.float64)
+    x, y = torch.randn(10, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 4, 4, 5, 5, 4])
+    with torch.no_grad():
+        logits = method.model(x)
+        kd = 1.0 * 4 / 2 * soft_ce(logits[:, :4], method.teacher(x), 2.0)
+    g_ce = _grads(method, _plain_losses(method, x, y)[0])  # before the step, whose head hooks wait for a backward
+    losses = method.training_step(x, y)
+    assert losses["kd"].item() == pytest.approx(kd.item(), rel=1e-5)
+    phi = g_ce["head.weight"].norm(dim=1).double()
+    old, new = phi[:4], phi[4:]
+    ratio = float(new.mean() / old.mean())
+    gamma = np.exp(-4 / 6)  # classes, not images
+    alpha = torch.cat([old.min() / old * min(1, ratio), new.min() / new * min(1, ratio * gamma)])
+    torch.testing.assert_close(method.last_weights, alpha)
+
+
 def test_dakd_by_hand_and_plain_distillation_when_every_class_lost_alike():
     torch.manual_seed(1)
     s, t = torch.randn(5, 3), torch.randn(5, 3)

@@ -14,6 +14,11 @@ Exemplar replay with a linear head, where only the classifier's gradient is reba
   to how many training images each old class lost to the memory budget, weighted by the normalised entropy of
   those losses, and the term is scaled by beta = lambda_b * sqrt(n_old / n_new).
 The backbone gets the plain gradient of CE + DAKD. Prediction: the linear head's logits.
+
+`method.variant: pilot` is the form LAMDA-PILOT runs on a pre-trained ViT (models/dgr.py, exps/dgr.json; the
+"DGR's pre-trained variant" of the configs dgr_vit_b16_*): the same gradient reweighting and logit-adjusted CE,
+with plain distillation (soft-target CE at T, no DAKD) weighted by lambda * old classes / new classes (classes,
+not images; no square root and no T^2), and the attenuation exp(-gamma * old classes / all classes).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class DGROptions:
     reweight: bool = True  # off: plain gradients (the ablation without gradient reweighting)
     logit_adjust: bool = True  # CE on logits + log(class prior of the training set); off: plain CE
     dakd: bool = True  # off: plain distillation (soft-target CE at T) instead of DAKD
+    variant: str = "released"  # released: the CVPR code's weights (images) | pilot: LAMDA-PILOT's (classes)
 
 
 def normalised_entropy(counts: np.ndarray) -> float:
@@ -84,6 +90,10 @@ class DGR(TeacherMethod):
                 raise ConfigError(f"method.{key}: {getattr(options, key)!r} must be > 0.")
         if options.attenuation < 0:
             raise ConfigError(f"method.attenuation: {options.attenuation!r} must be >= 0.")
+        if options.variant not in ("released", "pilot"):
+            raise ConfigError(f"method.variant: {options.variant!r} is not one of released, pilot.")
+        if options.variant == "pilot" and options.dakd:
+            raise ConfigError("method.variant pilot distils without DAKD: set method.dakd=false.")
 
     def begin_task(self, task, ctx):
         super().begin_task(task, ctx)
@@ -144,8 +154,11 @@ class DGR(TeacherMethod):
             student = logits[:, : self.old_classes]
             raw = dakd_loss(student, teacher, lost, self.options.T) if self.options.dakd else \
                 soft_ce(student, teacher, self.options.T)
-            beta = self.options.lambda_b * float(np.sqrt(n_old / max(n_new, 1.0)))
-            kd = beta * self.options.T ** 2 * raw
+            if self.options.variant == "pilot":  # lambda * known / new classes, no T^2
+                kd = self.options.lambda_b * self.old_classes / max(logits.shape[1] - self.old_classes, 1) * raw
+            else:
+                beta = self.options.lambda_b * float(np.sqrt(n_old / max(n_new, 1.0)))
+                kd = beta * self.options.T ** 2 * raw
             losses = {"loss": ce + kd, "ce": ce, "kd": kd}
         if self.options.reweight and torch.is_grad_enabled():
             self._reweight(ce, kd, head)
@@ -170,6 +183,8 @@ class DGR(TeacherMethod):
         alpha = torch.cat([phi_old.min() / phi_old.clamp_min(1e-12), phi_new.min() / phi_new.clamp_min(1e-12)])
         ratio = phi_new.mean() / phi_old.mean().clamp_min(1e-12)
         _, n_old, n_new = self._old_new()
+        if self.options.variant == "pilot":  # by classes: exp(-gamma * known / total)
+            n_old, n_new = float(old), float(len(self.phi) - old)
         gamma = float(np.exp(-self.options.attenuation * n_old / (n_old + n_new)))
         alpha = torch.cat([alpha[:old] * ratio.clamp(max=1.0),  # task-balance ratio of the old classes
                            alpha[old:] * (ratio * gamma).clamp(max=1.0)])  # of the new ones, attenuated
