@@ -8,8 +8,9 @@ input size on the device, as a run feeds them:
   linear probe   `--epochs` epochs of a linear classifier on those images: over features computed once (what
                  ltcil does for frozen backbones) against re-running the frozen backbone every epoch; the
                  speed-up of the first
-  prompt step    images/s and peak memory of one training step of prompt tuning (5 learnable tokens before
-                 the first block, VPT-shallow / L2P-style: the frozen network's backward reaches the prompts)
+  prompt step    images/s and peak memory of one training step of L2P (methods/l2p.py at PILOT's pool: the
+                 frozen query pass, then 5 of 10 prompts of length 5 before the first block; the frozen
+                 network's backward reaches the prompts and keys)
 
     python benchmarks/frozen_features.py --model vit_tiny_patch16_224 --images 512 --epochs 3        # CPU
     python benchmarks/frozen_features.py --model vit_base_patch16_224 --device cuda --images 8192 --amp
@@ -114,15 +115,18 @@ def main() -> None:
     print(json.dumps({**base, "measure": "linear probe", "epochs": args.epochs, "features_once_s": round(once, 2),
                       "backbone_every_epoch_s": round(every, 2), "speedup": round(every / once, 2)}), flush=True)
 
-    prompts = torch.nn.Parameter(torch.zeros(1, 5, model.num_features, device=device))
+    from ltcil.layers.prompt_pool import PromptPool
+    from ltcil.methods.l2p import PromptedViT
+
+    prompted = PromptedViT(model, PromptPool(10, 5, model.num_features, 5), "always", "prompt").to(device)
     head = torch.nn.Linear(model.num_features, args.classes).to(device)
-    opt = torch.optim.SGD([prompts, *head.parameters()], lr=0.01)
+    opt = torch.optim.Adam([*prompted.pool.parameters(), *head.parameters()], lr=0.001875)
     x, y = images[: args.batch_size], labels[: args.batch_size]
 
     def step() -> None:
         with autocast():
-            tokens = model.forward_tokens(to_float(x), prompts={0: prompts.expand(len(x), -1, -1)})
-            loss = F.cross_entropy(head(tokens[:, 0]).float(), y)
+            feats, cosines = prompted.forward_prompted(to_float(x))
+            loss = F.cross_entropy(head(feats).float(), y) - 0.1 * cosines.float().sum() / len(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

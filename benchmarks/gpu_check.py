@@ -24,7 +24,7 @@ Steps, in this order (the full schedule last, with whatever time is left):
               batches on the GPU, from the files and from the packed cache, vs a per-sample DataLoader
   vit         benchmarks/frozen_features.py: ViT-B/16 at 224 px, bf16: the frozen-feature pass (images/s, peak
               memory), a linear probe over features computed once vs the backbone re-run each epoch, a
-              prompt-tuning step (images/s, peak memory)
+              training step of L2P (images/s, peak memory)
   full_run    iCaRL CIFAR-100 B0-Inc10 at PyCIL's schedule (icarl_resnet32_cifar100_b0inc10_pycil, 200 + 9 x 170
               epochs): the first task, the projected wall time of all ten, then as many further tasks as the time
               left allows (resuming); accuracy against PyCIL's published 64.4
@@ -202,7 +202,7 @@ def step_streaming(check: Check, device: str) -> None:
 
 def step_vit(check: Check, device: str) -> None:
     """ViT-B/16 (random weights) at 224 px: the frozen-feature pass, a linear probe over features computed once
-    against the backbone re-run every epoch, and a prompt-tuning step (benchmarks/frozen_features.py)."""
+    against the backbone re-run every epoch, and an L2P training step (benchmarks/frozen_features.py)."""
     size = ["--model", "vit_micro", "--images", "16", "--batch-size", "8", "--epochs", "1"] if check.dry_run else \
         ["--model", "vit_base_patch16_224", "--images", "8192", "--batch-size", "256", "--epochs", "3", "--amp"]
     cmd = [sys.executable, "benchmarks/frozen_features.py", "--device", device, *size]
