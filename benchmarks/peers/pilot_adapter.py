@@ -21,6 +21,10 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   over the prompt tokens with the class token's), and the same class without prompts as the query model
   (PromptVitNet.get_original_backbone); epochs from --epochs; training images through PILOT's own augmentation at
   32 px (RandomResizedCrop(32, area 5-100%) and flip, its build_transform with 32 for 224);
+- APER (adapters): `get_backbone` gives PILOT's own adapter ViT (backbone/vit_adapter.py, its tuning config from
+  utils/inc_net.py at the shared ViT's width) with the shared weights converted as its vit_base_patch16_224_adapter
+  converts timm's (qkv split into q/k/v, mlp.fc* renamed, all but the adapters frozen), and the shared ViT itself
+  for the pre-trained branch (backbone_type without "_adapter"); epochs from --epochs (tuned_epoch);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
@@ -41,8 +45,9 @@ from pathlib import Path
 START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
 METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p",
-           "dualprompt": "models.dualprompt"}
+           "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter"}
 PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
+EXPS = {"aper_adapter": "aper_aperpter"}  # PILOT's exps/<name>.json where it is not the method's name
 TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
 
@@ -86,6 +91,41 @@ def prompt_model(weights: Path, a: dict, module_name: str, prompted: bool):
         raise SystemExit(f"the shared ViT does not fit PILOT's {module_name}: missing {missing}, "
                          f"unexpected {unexpected}")
     return model if prompted else model.eval()
+
+
+def adapter_model(weights: Path, a: dict):
+    """PILOT's adapter ViT (backbone/vit_adapter.py) at the shared ViT's size, its tuning config as
+    utils/inc_net.get_backbone builds it, the shared weights converted as vit_base_patch16_224_adapter converts
+    timm's, everything but the adapters frozen."""
+    from functools import partial
+
+    import torch
+    from backbone import vit_adapter
+    from easydict import EasyDict
+
+    d = TINY["embed_dim"]
+    config = EasyDict(ffn_adapt=True, ffn_option="parallel", ffn_adapter_layernorm_option="none",
+                      ffn_adapter_init_option="lora", ffn_adapter_scalar="0.1", ffn_num=a["ffn_num"], d_model=d,
+                      vpt_on=False, vpt_num=0)
+    model = vit_adapter.VisionTransformer(mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                                          num_classes=0, global_pool=False, drop_path_rate=0.0, tuning_config=config,
+                                          **TINY)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    for key in list(state):
+        if "qkv." in key:
+            qkv = state.pop(key)
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                state[key.replace("qkv", name)] = qkv[i * d:(i + 1) * d]
+    for key in list(state):
+        if "mlp.fc" in key:
+            state[key.replace("mlp.", "")] = state.pop(key)
+    msg = model.load_state_dict(state, strict=False)
+    if msg.unexpected_keys or any("adaptmlp" not in k for k in msg.missing_keys):
+        raise SystemExit(f"the shared ViT does not fit PILOT's adapter ViT: {msg}")
+    for name, p in model.named_parameters():
+        p.requires_grad = name in msg.missing_keys
+    model.out_dim = d
+    return model.eval()
 
 
 def main() -> None:
@@ -137,7 +177,7 @@ def main() -> None:
         self.test_data, self.test_targets = test_x, test_y
 
     pilot_data.iCIFAR224.download_data = download_data
-    if args.method in PROMPTED:  # PILOT's training augmentation, at the shared ViT's 32 px
+    if args.method in PROMPTED or args.method == "aper_adapter":  # PILOT's training augmentation, at 32 px
         def build_transform(is_train, a):
             if not is_train:
                 return [transforms.ToTensor()]
@@ -145,9 +185,14 @@ def main() -> None:
                     transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()]
 
         pilot_data.build_transform = build_transform
-        pilot_net.get_backbone = lambda a, pretrained=False: prompt_model(weights, a, PROMPTED[args.method], True)
-        pilot_net.PromptVitNet.get_original_backbone = lambda self, a: prompt_model(weights, a,
-                                                                                    PROMPTED[args.method], False)
+        if args.method == "aper_adapter":
+            pilot_net.get_backbone = lambda a, pretrained=False: (adapter_model(weights, a)
+                                                                  if "_adapter" in a["backbone_type"]
+                                                                  else make_model(weights))
+        else:
+            pilot_net.get_backbone = lambda a, pretrained=False: prompt_model(weights, a, PROMPTED[args.method], True)
+            pilot_net.PromptVitNet.get_original_backbone = lambda self, a: prompt_model(weights, a,
+                                                                                        PROMPTED[args.method], False)
     else:
         pilot_data.build_transform = lambda is_train, a: [transforms.ToTensor()]
         pilot_net.get_backbone = lambda a, pretrained=False: make_model(weights)
@@ -173,10 +218,11 @@ def main() -> None:
 
     pilot_base.BaseLearner.eval_task = recording_eval_task
 
-    exp = json.loads((repo / "exps" / f"{args.method}.json").read_text())
+    exp_file = f"exps/{EXPS.get(args.method, args.method)}.json"
+    exp = json.loads((repo / exp_file).read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
-                "config": f"exps/{args.method}.json"})
-    if args.method in PROMPTED:
+                "config": exp_file})
+    if args.method in PROMPTED or args.method == "aper_adapter":
         exp["tuned_epoch"] = args.epochs
     if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})
