@@ -21,10 +21,11 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   over the prompt tokens with the class token's), and the same class without prompts as the query model
   (PromptVitNet.get_original_backbone); epochs from --epochs; training images through PILOT's own augmentation at
   32 px (RandomResizedCrop(32, area 5-100%) and flip, its build_transform with 32 for 224);
-- APER (adapters): `get_backbone` gives PILOT's own adapter ViT (backbone/vit_adapter.py, its tuning config from
-  utils/inc_net.py at the shared ViT's width) with the shared weights converted as its vit_base_patch16_224_adapter
-  converts timm's (qkv split into q/k/v, mlp.fc* renamed, all but the adapters frozen), and the shared ViT itself
-  for the pre-trained branch (backbone_type without "_adapter"); epochs from --epochs (tuned_epoch);
+- APER (adapters) and EASE: `get_backbone` gives PILOT's own adapter ViT (backbone/vit_adapter.py, vit_ease.py, the
+  tuning config from utils/inc_net.py at the shared ViT's width) with the shared weights converted as its
+  vit_base_patch16_224_adapter / _ease convert timm's (qkv split into q/k/v, mlp.fc* renamed, all but the adapters
+  frozen), and for APER the shared ViT itself as the pre-trained branch (backbone_type without "_adapter"); epochs
+  from --epochs (APER's tuned_epoch, EASE's init_epochs and later_epochs);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
@@ -45,9 +46,10 @@ from pathlib import Path
 START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
 METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p",
-           "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter"}
+           "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter", "ease": "models.ease"}
 PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
 EXPS = {"aper_adapter": "aper_aperpter"}  # PILOT's exps/<name>.json where it is not the method's name
+ADAPTED = {"aper_adapter": ("_adapter", "vit_adapter"), "ease": ("_ease", "vit_ease")}  # backbone_type tag, module
 TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
 
@@ -93,23 +95,24 @@ def prompt_model(weights: Path, a: dict, module_name: str, prompted: bool):
     return model if prompted else model.eval()
 
 
-def adapter_model(weights: Path, a: dict):
-    """PILOT's adapter ViT (backbone/vit_adapter.py) at the shared ViT's size, its tuning config as
-    utils/inc_net.get_backbone builds it, the shared weights converted as vit_base_patch16_224_adapter converts
-    timm's, everything but the adapters frozen."""
+def adapter_model(weights: Path, a: dict, module_name: str):
+    """PILOT's adapter ViT (backbone/`module_name`.py: vit_adapter or vit_ease) at the shared ViT's size, its tuning
+    config as utils/inc_net.get_backbone builds it, the shared weights converted as its vit_base_patch16_224_*
+    converts timm's, everything but the adapters frozen."""
+    import importlib
     from functools import partial
 
     import torch
-    from backbone import vit_adapter
     from easydict import EasyDict
 
+    module = importlib.import_module(f"backbone.{module_name}")
     d = TINY["embed_dim"]
     config = EasyDict(ffn_adapt=True, ffn_option="parallel", ffn_adapter_layernorm_option="none",
                       ffn_adapter_init_option="lora", ffn_adapter_scalar="0.1", ffn_num=a["ffn_num"], d_model=d,
-                      vpt_on=False, vpt_num=0)
-    model = vit_adapter.VisionTransformer(mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                          num_classes=0, global_pool=False, drop_path_rate=0.0, tuning_config=config,
-                                          **TINY)
+                      vpt_on=False, vpt_num=0, _device=torch.device("cpu"))
+    model = module.VisionTransformer(mlp_ratio=4, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                                     num_classes=0, global_pool=False, drop_path_rate=0.0, tuning_config=config,
+                                     **TINY)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     for key in list(state):
         if "qkv." in key:
@@ -120,7 +123,7 @@ def adapter_model(weights: Path, a: dict):
         if "mlp.fc" in key:
             state[key.replace("mlp.", "")] = state.pop(key)
     msg = model.load_state_dict(state, strict=False)
-    if msg.unexpected_keys or any("adaptmlp" not in k for k in msg.missing_keys):
+    if msg.unexpected_keys or any("adapt" not in k for k in msg.missing_keys):
         raise SystemExit(f"the shared ViT does not fit PILOT's adapter ViT: {msg}")
     for name, p in model.named_parameters():
         p.requires_grad = name in msg.missing_keys
@@ -177,7 +180,7 @@ def main() -> None:
         self.test_data, self.test_targets = test_x, test_y
 
     pilot_data.iCIFAR224.download_data = download_data
-    if args.method in PROMPTED or args.method == "aper_adapter":  # PILOT's training augmentation, at 32 px
+    if args.method in PROMPTED or args.method in ADAPTED:  # PILOT's training augmentation, at 32 px
         def build_transform(is_train, a):
             if not is_train:
                 return [transforms.ToTensor()]
@@ -185,9 +188,10 @@ def main() -> None:
                     transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()]
 
         pilot_data.build_transform = build_transform
-        if args.method == "aper_adapter":
-            pilot_net.get_backbone = lambda a, pretrained=False: (adapter_model(weights, a)
-                                                                  if "_adapter" in a["backbone_type"]
+        if args.method in ADAPTED:
+            tag, module_name = ADAPTED[args.method]
+            pilot_net.get_backbone = lambda a, pretrained=False: (adapter_model(weights, a, module_name)
+                                                                  if tag in a["backbone_type"]
                                                                   else make_model(weights))
         else:
             pilot_net.get_backbone = lambda a, pretrained=False: prompt_model(weights, a, PROMPTED[args.method], True)
@@ -224,6 +228,8 @@ def main() -> None:
                 "config": exp_file})
     if args.method in PROMPTED or args.method == "aper_adapter":
         exp["tuned_epoch"] = args.epochs
+    if args.method == "ease":
+        exp.update({"init_epochs": args.epochs, "later_epochs": args.epochs})
     if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})
         module.Learner._init_train = lambda self, *a, **k: None
