@@ -26,6 +26,8 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   vit_base_patch16_224_adapter / _ease convert timm's (qkv split into q/k/v, mlp.fc* renamed, all but the adapters
   frozen), and for APER the shared ViT itself as the pre-trained branch (backbone_type without "_adapter"); epochs
   from --epochs (APER's tuned_epoch, EASE's init_epochs and later_epochs);
+- SLCA and DGR: the shared ViT fine-tuned as PILOT fine-tunes its ViT-B/16; epochs from --epochs, SLCA's lr
+  milestones from --milestones (the parity's scaling of its [18] of 20);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
@@ -46,10 +48,12 @@ from pathlib import Path
 START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
 METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p",
-           "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter", "ease": "models.ease"}
+           "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter", "ease": "models.ease",
+           "slca": "models.slca", "dgr": "models.dgr"}
 PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
 EXPS = {"aper_adapter": "aper_aperpter"}  # PILOT's exps/<name>.json where it is not the method's name
 ADAPTED = {"aper_adapter": ("_adapter", "vit_adapter"), "ease": ("_ease", "vit_ease")}  # backbone_type tag, module
+FINE_TUNED = ("slca", "dgr")  # train the shared ViT itself
 TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
 
@@ -142,6 +146,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, help="folder with cifar-100-python.tar.gz")
     p.add_argument("--projection", type=int, default=10000, help="RanPAC's M")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--milestones", type=int, nargs="*", default=None, help="SLCA's lr milestones (epochs)")
     p.add_argument("--epochs", type=int, default=0, help="L2P's epochs a task (tuned_epoch); SimpleCIL and RanPAC "
                                                          "train nothing")
     p.add_argument("--out", type=Path)
@@ -180,7 +185,7 @@ def main() -> None:
         self.test_data, self.test_targets = test_x, test_y
 
     pilot_data.iCIFAR224.download_data = download_data
-    if args.method in PROMPTED or args.method in ADAPTED:  # PILOT's training augmentation, at 32 px
+    if args.method in PROMPTED or args.method in ADAPTED or args.method in FINE_TUNED:  # PILOT's augmentation
         def build_transform(is_train, a):
             if not is_train:
                 return [transforms.ToTensor()]
@@ -188,7 +193,14 @@ def main() -> None:
                     transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()]
 
         pilot_data.build_transform = build_transform
-        if args.method in ADAPTED:
+        if args.method in FINE_TUNED:
+            def fine_tuned(a, pretrained=False):
+                model = make_model(weights)
+                model.requires_grad_(True)
+                return model.train()
+
+            pilot_net.get_backbone = fine_tuned
+        elif args.method in ADAPTED:
             tag, module_name = ADAPTED[args.method]
             pilot_net.get_backbone = lambda a, pretrained=False: (adapter_model(weights, a, module_name)
                                                                   if tag in a["backbone_type"]
@@ -230,6 +242,12 @@ def main() -> None:
         exp["tuned_epoch"] = args.epochs
     if args.method == "ease":
         exp.update({"init_epochs": args.epochs, "later_epochs": args.epochs})
+    if args.method == "slca":
+        exp["epochs"] = args.epochs
+        if args.milestones is not None:
+            exp["milestones"] = args.milestones
+    if args.method == "dgr":
+        exp.update({"init_epoch": args.epochs, "epochs": args.epochs})
     if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})
         module.Learner._init_train = lambda self, *a, **k: None

@@ -101,6 +101,8 @@ _ALL = _ALL + (
     # APER adapts on the first task only: the parity's epochs there (PILOT's tuned_epoch)
     Recipe("pilot", "aper_adapter", "aper_adapter_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
     Recipe("pilot", "ease", "ease_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
+    Recipe("pilot", "slca", "slca_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
+    Recipe("pilot", "dgr", "dgr_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
 )
 # kaidic/LDAM-DRW (benchmarks/peers/ldam_adapter.py): plain long-tailed recognition on CIFAR-100-LT IF 100, one task
 # of 100 classes; both sides train on the images IMBALANCECIFAR100 keeps (numpy seed 0: ltcil's ldam_drw images, and

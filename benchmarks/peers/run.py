@@ -120,6 +120,9 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
            "--out", str(out_json)]
     if args.peer == "pilot":
         cmd += ["--repo", str(args.repo or "REPO"), "--weights", str(args.vit_weights or "WEIGHTS"), *rec.peer_args]
+        later = recipes.short_schedule(rec, args.epochs)["later"] if args.milestones == "scaled" else []
+        if later:  # a stepped schedule (SLCA's): its milestones at the parity's epochs
+            cmd += ["--milestones", *map(str, later)]
         return cmd + (["--threads", str(args.threads)] if args.threads else [])
     if args.peer == "pycil":
         cmd += ["--pycil", str(args.pycil)]
