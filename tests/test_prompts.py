@@ -343,3 +343,20 @@ def test_ease_trains_one_subspace_per_task_and_fills_old_classes_in_new_subspace
     a_hat = F.normalize(w[0:2, 0:net.width], dim=1)
     expected = torch.softmax(a_hat @ a.T, dim=1) @ w[4:6, 2 * net.width:]
     torch.testing.assert_close(w[0:2, 2 * net.width:], expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [[*L2P, "method.batchwise=train"], [*DUALPROMPT, "method.batchwise=train"], CODA],
+                         ids=["l2p", "dualprompt", "coda_prompt"])
+def test_prompt_methods_compute_each_test_images_query_once_and_score_as_without_the_cache(tmp_path, overrides):
+    # (per-image prompt choice at test time: with the batchwise choice a prediction depends on its batch)
+    from ltcil.evaluation.evaluator import predict_all
+
+    exp = Experiment(tiny_config(*overrides, "train.epochs=1"), tmp_path)
+    results = exp.run()
+    cache = exp.method.query_cache
+    assert cache.computed == sum(len(t.test_indices) for t in exp.tasks)  # each test image's query once
+    assert cache.served == sum(len(t.test_indices) for t in exp.tasks[:2]) + len(exp.tasks[0].test_indices)
+    test = np.concatenate([t.test_indices for t in exp.tasks])
+    direct = predict_all(exp.method, exp.data, "test", test, exp.cfg.eval.batch_size)
+    pred = direct["logits"].argmax(1)
+    assert results["accuracy"][-1] == pytest.approx(100 * float((pred == direct["target"]).mean()), abs=1e-5)

@@ -37,19 +37,29 @@ def predict_all(method, data, split: str, indices: np.ndarray, batch_size: int, 
 @torch.inference_mode()
 def predict_tasks(method, data, split: str, index_lists: list, batch_size: int, plugins=()) -> dict:
     """predict_all over the concatenated index lists (one per task). A method with a feature cache (a frozen
-    backbone: methods/frozen_base.py) and no plugin embeds each list once per run and classifies from memory."""
+    backbone: methods/frozen_base.py) and no plugin embeds each list once per run and classifies from memory; a
+    prompt method with a query cache (methods/l2p.py and its kin) computes each image's frozen query once per run
+    and runs only the prompted pass at later evaluations."""
     cache = getattr(method, "feature_cache", None)
-    if cache is None or plugins:
+    queries = getattr(method, "query_cache", None)  # a prompt method: the frozen query of each image, cached
+    if (cache is None and queries is None) or plugins:
         return predict_all(method, data, split, np.concatenate(index_lists), batch_size, plugins)
     method.model.eval()
     device = next(method.model.parameters()).device
     outputs: dict = {}
     targets = []
     for indices in index_lists:
-        feats, y = cache.features(method.model.forward_features, data, split, indices, batch_size)
-        for start in range(0, len(y), batch_size):
-            chunk = feats[start : start + batch_size].to(device)
-            for name, logits in method.predict_features(chunk).items():
+        if cache is not None:
+            feats, y = cache.features(method.model.forward_features, data, split, indices, batch_size)
+            batches = (method.predict_features(feats[s : s + batch_size].to(device))
+                       for s in range(0, len(y), batch_size))
+        else:
+            query, y = queries.features(method.query_embed, data, split, indices, batch_size)
+            batches = (method.predict_with_query(data.batch(split, idx)[0], query[s : s + len(idx)].to(device))
+                       for s, idx in zip(range(0, len(y), batch_size),
+                                         data.index_batches(indices, batch_size, shuffle=False, split=split)))
+        for predictions in batches:
+            for name, logits in predictions.items():
                 outputs.setdefault(name, []).append(logits.float().cpu())
         targets.append(y)
     result = {name: torch.cat(chunks).numpy() for name, chunks in outputs.items()}

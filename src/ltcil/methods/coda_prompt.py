@@ -91,10 +91,12 @@ class CODAPromptViT(nn.Module):
             k, a, p = (torch.cat([t[:start].detach(), t[start:]]) for t in (k, a, p))
         return k, a, p
 
-    def forward_prompted(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class token after the final norm (B, D), the orthogonality penalty (0 unless trained with mu > 0))."""
-        with torch.no_grad():
-            query = self.vit.forward_features(x)
+    def forward_prompted(self, x: torch.Tensor, query=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class token after the final norm (B, D), the orthogonality penalty (0 unless trained with mu > 0));
+        `query`: the frozen model's class token of x when known."""
+        if query is None:
+            with torch.no_grad():
+                query = self.vit.forward_features(x)
         prefixes, penalty = {}, query.new_zeros(())
         half = self.length // 2
         for i, layer in enumerate(self.layers):

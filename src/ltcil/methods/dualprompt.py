@@ -72,10 +72,12 @@ class DualPromptViT(nn.Module):
         self.vit.eval()
         return self
 
-    def forward_prompted(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class token after the final norm (B, D), cosine (B, 1) of the chosen key to the query)."""
-        with torch.no_grad():
-            query = self.vit.forward_features(x)
+    def forward_prompted(self, x: torch.Tensor, query=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class token after the final norm (B, D), cosine (B, 1) of the chosen key to the query); `query`: the
+        frozen model's class token of x when known."""
+        if query is None:
+            with torch.no_grad():
+                query = self.vit.forward_features(x)
         if self.training and self.task_index < self.keys.shape[0]:  # the task's own E-prompt
             idx = torch.full((len(x), 1), self.task_index, dtype=torch.long, device=x.device)
             cosines = torch.nn.functional.cosine_similarity(query, self.keys[self.task_index].unsqueeze(0),

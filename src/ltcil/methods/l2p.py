@@ -9,7 +9,10 @@ As LAMDA-PILOT runs it (models/l2p.py with exps/l2p.json, on backbone/vit_l2p.py
 the config l2p_vit_b16_cifar100_b0inc10 names key by key:
 - M = 10 prompts of length 5, N = 5 chosen, prompts and keys initialised uniform(-1, 1);
 - batchwise selection: every image of a batch takes the N prompts chosen most often in it, in training and in
-  evaluation (`method.batchwise: always`; `train` keeps it to training, `never` selects per image);
+  evaluation (`method.batchwise: always`; `train` keeps it to training, `never` selects per image). At test time a
+  prediction then depends on its batch: PILOT evaluates class-sorted test images in batches of its training batch
+  size (16), nearly one class a batch; ltcil evaluates each task's test images in archive order in batches of
+  eval.batch_size, which follows PILOT's rule but not its batches (`train` makes predictions batch-independent);
 - the prompts enter after the class token and carry the class token's position embedding (vit_l2p.py widens the
   position embedding that way when it loads pre-trained weights);
 - a timm Linear head (trunc-normal 0.02, zero bias: head.init trunc_normal), trained with the prompts and keys by
@@ -17,7 +20,8 @@ the config l2p_vit_b16_cifar100_b0inc10 names key by key:
   each task (the engine builds one per task);
 - the query model is the same frozen ViT run without prompts (PILOT keeps a second copy of it).
 The backbone never changes: checkpoints keep the prompts, keys and head with a digest of the backbone (as
-methods/frozen_base.py does), not the backbone.
+methods/frozen_base.py does), not the backbone; evaluation computes each test image's query once per run
+(query_cache), leaving one prompted pass per image at later evaluations.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..evaluation.feature_cache import FeatureCache
 from ..heads.linear import IncrementalLinear
 from ..layers.prompt_pool import PromptPool
 from ..registry import register_method
@@ -68,10 +73,11 @@ class PromptedViT(nn.Module):
     def query(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_features(x)
 
-    def forward_prompted(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(classifier input (B, D), cosines (B, N) of the chosen keys to the query)."""
+    def forward_prompted(self, x: torch.Tensor, query=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(classifier input (B, D), cosines (B, N) of the chosen keys to the query); `query`: the frozen model's
+        class token of x when known (evaluation's cache)."""
         batchwise = self.batchwise == "always" or (self.batchwise == "train" and self.training)
-        idx, cosines = self.pool.select(self.query(x), batchwise)
+        idx, cosines = self.pool.select(self.query(x) if query is None else query, batchwise)
         prompts = self.pool.tokens(idx) + self.vit.pos_embed[:, :1]  # the class token's position embedding
         tokens = self.vit.forward_tokens(x, prompts={0: prompts})
         if self.readout == "prompt":
@@ -89,6 +95,18 @@ class PromptedViT(nn.Module):
 class L2P(AroundFrozenViT, Method):
     Options = L2POptions
     old_classes = 0  # classes before the current task (their logits are masked in training)
+
+    def __init__(self, model, options, cfg, device, **kwargs):
+        super().__init__(model, options, cfg, device, **kwargs)
+        self.query_cache = FeatureCache()  # the frozen query of each evaluation image, computed once per run
+
+    @torch.no_grad()
+    def predict_with_query(self, x: torch.Tensor, query: torch.Tensor) -> dict:
+        """predict() with the query already known: one prompted pass instead of two."""
+        return {"logits": self.model.head(self.model.backbone.forward_prompted(x, query)[0])}
+
+    def query_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.backbone.vit.forward_features(x)
 
     @classmethod
     def check(cls, options, cfg) -> None:
