@@ -100,7 +100,7 @@ class APERNet(IncrementalNet):
     """The prototype head over the merged embedding, and the first task's cosine classifier over the adapted one."""
 
     def __init__(self, backbone: AdaptedViT, tune_head: CosineLinear):
-        super().__init__(backbone, CosineLinear(backbone.num_features, sigma=False))
+        super().__init__(backbone, CosineLinear(backbone.num_features, sigma=False).requires_grad_(False))
         self.tune_head = tune_head
 
 
