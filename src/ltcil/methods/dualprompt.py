@@ -16,6 +16,11 @@ backbone/prompt.py), which the config dualprompt_vit_b16_cifar100_b0inc10 names 
 - a timm Linear head (trunc-normal 0.02) trained with the prompts and keys by Adam at 0.001, batch 24, 5 epochs,
   constant lr, no weight decay, a new optimiser each task.
 Beyond the pool (task 11 of a 10-prompt pool) training chooses by the keys as testing does, as PILOT's mask does.
+[BUG in the reference, not reproduced] PILOT's EPrompt (from the DualPrompt PyTorch port) turns the chosen prompts
+from (layers, key|value, batch, ...) into (layers, batch, key|value, ...) with a reshape, not a permute: the first
+half of every batch takes the E-prompt's key half as both its key and value prefix, the second half its value half
+(checked on PILOT's class with a 4-image batch). ltcil gives every image the paper's prefixes (keys to keys,
+values to values); G-prompts are indexed correctly there and here.
 """
 
 from __future__ import annotations
