@@ -25,6 +25,8 @@ Adaptations, all applied in memory (nothing in the checkout is edited):
 - torch version: LUCIR's margin ranking passes (N, 1) scores with an (N,) target, which the torch of its time
   broadcast to an N x N matrix of N equal columns (the same mean) and torch 2 refuses; the target is reshaped
   to the scores' shape.
+- GVAlign's checkout imports FACIL's last_layer_analysis module (a plot behind --last-layer-analysis) without
+  shipping it: a stand-in that refuses to be called is put in its place (the parity runs never call it).
 - workers: --num-workers (default 0; the scripts ask for 4, this machine has 2 cores and training threads need them).
 - results: main() returns FACIL's task-agnostic accuracy matrix; each step's accuracy over all seen classes is its
   class-weighted mean (FACIL's wavg_accs_tag; the test set is balanced, so it is top-1 over the seen classes).
@@ -188,6 +190,13 @@ def main() -> None:
     if a.scenario_only:
         scenario_only(a, out_path)
         return
+    if not (repo / "src" / "last_layer_analysis.py").exists():  # GVAlign's repository lacks FACIL's plotting module
+        import types
+
+        def last_layer_analysis(*a, **k):
+            raise SystemExit("last_layer_analysis is not in this checkout; run without --last-layer-analysis")
+
+        sys.modules["last_layer_analysis"] = types.SimpleNamespace(last_layer_analysis=last_layer_analysis)
     import main_incremental
 
     acc_taw, acc_tag, _, _, exp_path = main_incremental.main(script_args(a, str(work / "results")))
