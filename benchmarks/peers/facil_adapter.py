@@ -25,6 +25,10 @@ Adaptations, all applied in memory (nothing in the checkout is edited):
 - torch version: LUCIR's margin ranking passes (N, 1) scores with an (N,) target, which the torch of its time
   broadcast to an N x N matrix of N equal columns (the same mean) and torch 2 refuses; the target is reshaped
   to the scores' shape.
+- GVAlign's per-epoch and per-alignment-step evaluations on the test set, logged only, are skipped inside its
+  train_loop (skip_logged_evaluations); the evaluation main_incremental records after each task is not. (Each
+  skipped pass would have drawn a DataLoader seed from the global RNG, so the training batches differ from an
+  unpatched run's draw, not in distribution.)
 - GVAlign's checkout imports FACIL's last_layer_analysis module (a plot behind --last-layer-analysis) without
   shipping it: a stand-in that refuses to be called is put in its place (the parity runs never call it).
 - workers: --num-workers (default 0; the scripts ask for 4, this machine has 2 cores and training threads need them).
@@ -102,6 +106,36 @@ def patch_torch() -> None:
         return margin_ranking(input1, input2, target, *args, **kwargs)
 
     F.margin_ranking_loss = margin_ranking_same_shape
+
+
+def skip_logged_evaluations() -> None:
+    """GVAlign's train_loop evaluates on the task's test loader after every epoch and after each of its 100
+    alignment steps, and prints a test table at its end: logged only (nothing selects on them; its classifier_tune
+    puts the model back in training mode each step), at 5 s a pass they make most of a run's time. Inside
+    train_loop, Appr.eval returns zeros; main_incremental's own evaluation after each task is untouched."""
+    import approach.incremental_learning as base
+
+    real_eval = base.Inc_Learning_Appr.eval
+    inside = []
+
+    def eval_outside_training(self, t, loader, return_pred_targets=False):
+        if inside:
+            return (0.0, 0.0, 0.0, None, None) if return_pred_targets else (0.0, 0.0, 0.0)
+        return real_eval(self, t, loader, return_pred_targets=return_pred_targets)
+
+    import approach.lucir_gvalign_2stage as gvalign
+
+    real_train_loop = gvalign.Appr.train_loop
+
+    def train_loop(self, *args, **kwargs):
+        inside.append(True)
+        try:
+            return real_train_loop(self, *args, **kwargs)
+        finally:
+            inside.pop()
+
+    base.Inc_Learning_Appr.eval = eval_outside_training
+    gvalign.Appr.train_loop = train_loop
 
 
 def script_args(a, results: str) -> list[str]:
@@ -197,6 +231,8 @@ def main() -> None:
             raise SystemExit("last_layer_analysis is not in this checkout; run without --last-layer-analysis")
 
         sys.modules["last_layer_analysis"] = types.SimpleNamespace(last_layer_analysis=last_layer_analysis)
+    if a.approach == "lucir_gvalign_2stage":
+        skip_logged_evaluations()
     import main_incremental
 
     acc_taw, acc_tag, _, _, exp_path = main_incremental.main(script_args(a, str(work / "results")))
