@@ -25,10 +25,14 @@ NORM = "backbone.norm=gn"
 # contrastive pairs, proto_lt's Sample Mix pairs, CCSI's impressions mixed into each shard, LUCIR's margin
 # ranking (a mean over the batch's old-class images, whose count differs between shards), DGR's per-class factors
 # (from the norms of each rank's own head gradient, a non-linear function of the shard)
-BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi", "lucir", "dgr"}
+# (L2P's batchwise prompt choice is a vote over the batch: each rank votes over its shard)
+BATCH_COUPLED = {"sbcl", "proto_lt", "ccsi", "lucir", "dgr", "l2p"}
 # torchrun skips a trailing batch too small to give each rank two images (BatchNorm), one process trains on
 # it: with 12 exemplars the third task's balanced fine-tuning set (18 images) ends in such a batch of 2
-DDP_OVERRIDES = {"eeil": ["memory.size=16"]}
+# APER's and EASE's adapters drop out 0.1 of their bottleneck in training: two ranks draw other masks than one
+# process does, so the comparison runs them without it
+DDP_OVERRIDES = {"eeil": ["memory.size=16"], "aper": ["method.adapter_dropout=0"],
+                 "ease": ["method.adapter_dropout=0"]}
 # PODNet needs a ResNet (POD-spatial pools its stages): 20 layers amplify the fp32 summation-order difference of
 # sharded gradients about 100x per task (measured 6e-8, 1.8e-5, 1.7e-3 after tasks 1-3; iCaRL on the same
 # ResNet-20 reaches 5e-4), so its weights are compared after the second task, distillation and fine-tuning
