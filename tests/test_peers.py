@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PEERS = Path(__file__).resolve().parents[1] / "benchmarks" / "peers"
@@ -430,3 +431,61 @@ def test_ldam_drw_parity_runs_the_same_lr_and_reweighting_epochs_on_both_sides(t
         module.adjust_learning_rate(types.SimpleNamespace(param_groups=[group]), epoch, types.SimpleNamespace(lr=0.1))
         assert group["lr"] == pytest.approx(0.1 * lr_factor(cfg.train, epoch, epochs)), epoch
         assert bool(reweighted[epoch]) == (epoch >= cfg.method["drw_epoch"]), epoch
+
+
+def _tiny_cifar100_archive(folder: Path, per_class: int) -> np.ndarray:
+    """A CIFAR-100 archive in the official layout with `per_class` images of each of 3 classes, interleaved;
+    each image's first byte is its position in the archive. Returns the training labels."""
+    import io
+    import pickle
+    import tarfile
+
+    labels = np.tile(np.arange(3), per_class)
+    data = np.zeros((len(labels), 3072), dtype=np.uint8)
+    data[:, 0] = np.arange(len(labels))
+    parts = {"meta": {"fine_label_names": ["a", "b", "c"]},
+             "train": {"data": data, "fine_labels": labels.tolist()},
+             "test": {"data": data[:3], "fine_labels": [0, 1, 2]}}
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / "cifar-100-python.tar.gz", "w:gz") as tar:
+        for name, obj in parts.items():
+            raw = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return labels
+
+
+def test_cifar_subset_keeps_the_first_images_of_every_class_for_both_sides(tmp_path):
+    import cifar_subset
+    from pycil_adapter import read_cifar100
+
+    from ltcil.config import DataConfig
+    from ltcil.data.arrays import load
+
+    labels = _tiny_cifar100_archive(tmp_path / "full", per_class=5)
+    assert cifar_subset.keep_first(labels, 2).tolist() == [0, 1, 2, 3, 4, 5]
+    assert cifar_subset.keep_first(np.array([4, 4, 4, 1]), 2).tolist() == [0, 1, 3]
+    with pytest.raises(ValueError):
+        cifar_subset.keep_first(labels, 0)
+    out = cifar_subset.write_subset(tmp_path / "full", 2, tmp_path / "sub")
+    train_x, train_y, test_x, _ = read_cifar100(out / cifar_subset.ARCHIVE)  # what the peers read
+    assert train_y.tolist() == [0, 1, 2, 0, 1, 2] and train_x[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    ours = load(DataConfig(name="npz", root=str(out / cifar_subset.NPZ)))  # what ltcil reads
+    assert np.array_equal(ours.train.images, train_x) and ours.train.labels.tolist() == train_y.tolist()
+    assert np.array_equal(ours.test.images, test_x) and len(ours.test.labels) == 3
+
+
+def test_harness_trains_both_sides_on_the_subset(tmp_path, capsys):
+    _tiny_cifar100_archive(tmp_path / "data", per_class=4)
+    harness.main(["--peer", "pilot", "--methods", "l2p", "--seed-list", "1", "--epochs", "2", "--tasks", "3",
+                  "--train-per-class", "2", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                  "--dry-run"])
+    out = capsys.readouterr().out
+    subset = (tmp_path / "out" / "cifar100_train2").resolve()
+    assert f"--data {subset} " in out and "--exp batchwise_prompt=false" in out and "method.batchwise=never" in out
+    assert out.rstrip().endswith(f"data.name=npz data.root={subset / 'cifar100.npz'} --out "
+                                 f"{tmp_path / 'out' / 'ltcil_pilot_l2p_s1_e2_t3_ms_n2'} --force --quiet")
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--peer", "long-tailed-cil", "--only", "ltcil", "--train-per-class", "5",
+                            "--out", str(tmp_path)])

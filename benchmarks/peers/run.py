@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cifar_subset  # noqa: E402
 import recipes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds (class orders)")
     p.add_argument("--tasks", type=int, default=4, help="stop both toolkits after this many tasks (0: all)")
     p.add_argument("--data", default="../shared/data", help="folder with cifar-100-python.tar.gz")
+    p.add_argument("--train-per-class", type=int, default=0,
+                   help="both sides train on the first N training images of every class (cifar_subset.py writes "
+                        "them into --out; the whole test set is kept); 0: all")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--peer-python", default=None, help="the peer venv's python (required unless --only ltcil)")
     p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
@@ -73,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--save-peer-models: the Avalanche adapter does not save its models")
     if args.epochs < 1:
         p.error(f"--epochs: {args.epochs} must be >= 1")
+    if args.train_per_class < 0:
+        p.error(f"--train-per-class: {args.train_per_class} must be >= 0")
+    if args.train_per_class and args.peer in recipes.FACIL_PEERS + ("ldam-drw",):
+        p.error(f"--train-per-class: the {args.peer} adapter builds its own long-tailed subset of the archive")
     if args.tasks < 0 or args.tasks > 20:
         p.error(f"--tasks: {args.tasks} must be between 0 (all) and 20")
     if args.peer == "pilot" and (args.vit_weights is None or not args.vit_weights.is_file()) and not args.dry_run:
@@ -141,6 +149,8 @@ def ltcil_command(args, rec: recipes.Recipe, seed: int, run_dir: Path) -> list[s
                                         scaled=args.milestones == "scaled")
     if args.peer == "pilot":
         overrides.append(f"backbone.checkpoint={args.vit_weights or 'WEIGHTS'}")
+    if args.train_per_class:  # the subset's .npz (ltcil's CIFAR reader wants the official 50,000 images)
+        overrides += ["data.name=npz", f"data.root={Path(args.data) / cifar_subset.NPZ}"]
     return [sys.executable, "-m", "ltcil", "run", rec.config, *overrides, "--out", str(run_dir), "--force",
             "--quiet"]
 
@@ -171,7 +181,8 @@ def stored_or_run(args, who: str, what: str, stored: Path, cmd: list[str], log: 
 def run_one(args, rec: recipes.Recipe, seed: int) -> list[dict]:
     """The peer's and ltcil's records for one (method, seed), running what is not stored yet."""
     out = args.out
-    tag = f"{rec.method}_s{seed}_e{args.epochs}_t{args.tasks}" + ("_ms" if args.milestones == "scaled" else "")
+    tag = (f"{rec.method}_s{seed}_e{args.epochs}_t{args.tasks}" + ("_ms" if args.milestones == "scaled" else "")
+           + (f"_n{args.train_per_class}" if args.train_per_class else ""))
     what = f"{rec.method} seed {seed}"
     records = []
     if args.only in ("both", "peer"):
@@ -192,6 +203,11 @@ def run_one(args, rec: recipes.Recipe, seed: int) -> list[dict]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.train_per_class:
+        subset = args.out / f"cifar100_train{args.train_per_class}"
+        if not args.dry_run:
+            cifar_subset.write_subset(Path(args.data), args.train_per_class, subset)
+        args.data = str(subset.resolve())
     records = []
     for rec in args.recipes:
         for seed in args.seed_values:
