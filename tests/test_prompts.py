@@ -1,6 +1,6 @@
 """Prompt- and adapter-based CIL on a frozen ViT: L2P's prompt pool (key matching, batchwise choice), where its
 prompts enter the ViT, its masked loss with the key pull, and that only the prompts, keys and head learn;
-DualPrompt's G- and E-prefixes; APER's first-task adapters and merged prototypes."""
+DualPrompt's G- and E-prefixes; APER's first-task adapters and merged prototypes, its SSF and VPT variants."""
 
 import math
 import shutil
@@ -179,7 +179,7 @@ def test_aper_adapts_on_the_first_task_only_and_merges_both_embeddings_into_prot
 
     def recorded_end(task, ctx):
         end(task, ctx)
-        adapters[task.index] = {k: v.clone() for k, v in net.adapters.state_dict().items()}
+        adapters[task.index] = {k: v.clone() for k, v in net.tuning.state_dict().items()}
 
     exp.method.end_task = recorded_end
     exp.run()
@@ -197,6 +197,84 @@ def test_aper_adapts_on_the_first_task_only_and_merges_both_embeddings_into_prot
     for c in range(head.num_classes):
         torch.testing.assert_close(head.weight[c], merged[y == c].mean(0), atol=1e-5, rtol=1e-4)
     assert not any("adapter" in k for k in net.vit.state_dict())  # attached only while embedding
+
+
+def _micro_vit():
+    from ltcil.backbones.vit import build_vit
+    from ltcil.config import BackboneConfig
+
+    torch.manual_seed(0)
+    return build_vit("vit_micro", BackboneConfig(name="vit_micro", patch_size=4), 3, 8).eval()
+
+
+def test_ssf_equals_the_vit_with_its_scales_and_shifts_merged_into_the_weights():
+    """SSF (Lian et al. 2022, Sec. 3.3): each scale-shift after a linear map (or LayerNorm) folds into that map,
+    w' = scale * w, b' = scale * b + shift; the hooked forward must equal the plain forward of the folded ViT."""
+    import copy
+
+    from ltcil.layers.vit_tuning import SSFTuning
+
+    vit = _micro_vit()
+    tuning = SSFTuning(vit)
+    with torch.no_grad():
+        for p in tuning.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # far from the identity init, so every site matters
+    folded = copy.deepcopy(vit)
+    with torch.no_grad():
+        for (module, ss), (twin, _) in zip(tuning._pairs(vit), tuning._pairs(folded)):
+            w = twin.weight
+            w.mul_(ss.scale.view(-1, *([1] * (w.dim() - 1))))
+            twin.bias.mul_(ss.scale).add_(ss.shift)
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(tuning.embed(vit, x), folded.forward_features(x), atol=1e-5, rtol=1e-4)
+        plain = vit.forward_features(x)
+    assert not any(module._forward_hooks for module in vit.modules())  # removed after the embedding
+    assert not torch.allclose(tuning.embed(vit, x), plain)
+
+
+def test_vpt_deep_replaces_each_blocks_prompts_and_shallow_keeps_one_set():
+    from ltcil.layers.vit_tuning import VPTTuning
+
+    vit = _micro_vit()
+    x = torch.rand(2, 3, 8, 8)
+    deep, shallow = VPTTuning(vit, 3, deep=True), VPTTuning(vit, 3, deep=False, init="zeros")
+    assert deep.prompts.shape == (2, 3, 64) and deep.prompts.abs().max() > 0
+    assert torch.equal(shallow.prompts, torch.zeros(1, 3, 64))
+    with torch.no_grad():
+        shallow.prompts.normal_()
+        # shallow: one set joined before block 0 and kept: ltcil's own prompt insertion (after the class token)
+        torch.testing.assert_close(shallow.embed(vit, x), vit.forward_tokens(x, prompts={0: shallow.prompts.expand(
+            2, -1, -1)})[:, 0], atol=1e-5, rtol=1e-4)
+        # deep, by hand: block i sees the patch tokens and its own prompts, the previous prompts' outputs dropped
+        z = vit.embed(x)
+        for i, block in enumerate(vit.blocks):
+            z = block(torch.cat([z[:, :1], deep.prompts[i].expand(2, -1, -1), z[:, 1:]], dim=1))
+            z = torch.cat([z[:, :1], z[:, 4:]], dim=1)
+        torch.testing.assert_close(deep.embed(vit, x), vit.norm(z)[:, 0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tuning,expected", [("ssf", None), ("vpt_deep", 2 * 5 * 64), ("vpt_shallow", 5 * 64)])
+def test_aper_variants_tune_only_their_modules_on_the_first_task(tmp_path, tuning, expected):
+    exp = Experiment(tiny_config(*APER, f"method.tuning={tuning}", "method.vpt_init=zeros"), tmp_path)
+    net = exp.method.model.backbone
+    vit_before = {k: v.clone() for k, v in net.vit.state_dict().items()}
+    tuned_before = {k: v.clone() for k, v in net.tuning.state_dict().items()}
+    trained = sum(p.numel() for p in net.tuning.parameters())
+    if expected is not None:
+        assert trained == expected
+    else:  # SSF: a scale and a shift per channel at 8 sites of each of 2 blocks (qkv 3 x 64, fc1 4 x 64) + 2
+        assert trained == 2 * (2 * (64 + 192 + 64 + 64 + 256 + 64) + 64 + 64)
+    results = exp.run()
+    assert [t["train_images"] > 0 for t in exp.timing] == [True, False, False]
+    assert all(torch.equal(v, vit_before[k]) for k, v in net.vit.state_dict().items())
+    assert any(not torch.equal(v, tuned_before[k]) for k, v in net.tuning.state_dict().items())
+    assert len(results["accuracy"]) == 3
+
+
+def test_aper_rejects_an_unknown_tuning(tmp_path):
+    with pytest.raises(ConfigError, match="method.tuning: 'lora' is not one of adapter, ssf, vpt_deep"):
+        Experiment(tiny_config(*APER, "method.tuning=lora"), tmp_path)
 
 
 CODA = ["method.name=coda_prompt", "backbone.name=vit_micro", "backbone.patch_size=4", "memory.size=0",

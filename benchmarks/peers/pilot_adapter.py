@@ -25,13 +25,15 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   tuning config from utils/inc_net.py at the shared ViT's width) with the shared weights converted as its
   vit_base_patch16_224_adapter / _ease convert timm's (qkv split into q/k/v, mlp.fc* renamed, all but the adapters
   frozen), and for APER the shared ViT itself as the pre-trained branch (backbone_type without "_adapter"); epochs
-  from --epochs (APER's tuned_epoch, EASE's init_epochs and later_epochs);
+  from --epochs (APER's tuned_epoch, EASE's init_epochs and later_epochs); APER's SSF and VPT variants likewise
+  on PILOT's backbone/vit_ssf.py VisionTransformer and backbone/vpt.py VPT_ViT at the shared ViT's size;
 - SLCA and DGR: the shared ViT fine-tuned as PILOT fine-tunes its ViT-B/16; epochs from --epochs, SLCA's lr
   milestones from --milestones (the parity's scaling of its [18] of 20);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
   Python 3.11) are aliased to timm 1.x's `timm.layers` modules;
+- --exp KEY=JSON sets keys of the method's exps/*.json (the parity's batchwise_prompt=false);
 - tasks: the run stops after --tasks tasks; each task's top-1 over the seen classes (PILOT's eval_task) is
   recorded with the time since the start.
 """
@@ -49,10 +51,12 @@ START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
 METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p",
            "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter", "ease": "models.ease",
-           "slca": "models.slca", "dgr": "models.dgr"}
+           "slca": "models.slca", "dgr": "models.dgr", "aper_ssf": "models.aper_ssf",
+           "aper_vpt_deep": "models.aper_vpt", "aper_vpt_shallow": "models.aper_vpt"}
 PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
 EXPS = {"aper_adapter": "aper_aperpter"}  # PILOT's exps/<name>.json where it is not the method's name
-ADAPTED = {"aper_adapter": ("_adapter", "vit_adapter"), "ease": ("_ease", "vit_ease")}  # backbone_type tag, module
+ADAPTED = {"aper_adapter": ("_adapter", "vit_adapter"), "ease": ("_ease", "vit_ease"),  # backbone_type tag, module
+           "aper_ssf": ("_ssf", "vit_ssf"), "aper_vpt_deep": ("_vpt", "vpt"), "aper_vpt_shallow": ("_vpt", "vpt")}
 FINE_TUNED = ("slca", "dgr")  # train the shared ViT itself
 TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
@@ -135,6 +139,39 @@ def adapter_model(weights: Path, a: dict, module_name: str):
     return model.eval()
 
 
+def ssf_model(weights: Path):
+    """PILOT's SSF ViT (backbone/vit_ssf.py, as timm.create_model("vit_base_patch16_224_ssf") builds it) at the shared
+    ViT's size with its weights; the scale/shift parameters at their own init (models/aper_ssf.py freezes the rest)."""
+    import torch
+
+    from backbone import vit_ssf
+
+    model = vit_ssf.VisionTransformer(num_classes=0, **TINY)
+    msg = model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=False)
+    if msg.unexpected_keys or any("ssf_" not in k for k in msg.missing_keys):
+        raise SystemExit(f"the shared ViT does not fit PILOT's SSF ViT: {msg}")
+    model.out_dim = TINY["embed_dim"]
+    return model.eval()
+
+
+def vpt_model(weights: Path, a: dict):
+    """PILOT's VPT ViT (backbone/vpt.py's VPT_ViT, as its build_promptmodel sets it up) at the shared ViT's size with
+    its weights: prompt tokens at zero, head removed, all but the prompts frozen."""
+    import torch
+
+    from backbone import vpt
+
+    model = vpt.VPT_ViT(Prompt_Token_num=a["prompt_token_num"],
+                        VPT_type="Shallow" if a["vpt_type"] == "shallow" else "Deep", **TINY)
+    msg = model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=False)
+    if msg.unexpected_keys or any(not k.startswith(("head.", "Prompt_Tokens")) for k in msg.missing_keys):
+        raise SystemExit(f"the shared ViT does not fit PILOT's VPT ViT: {msg}")
+    model.head = torch.nn.Identity()
+    model.Freeze()
+    model.out_dim = TINY["embed_dim"]
+    return model.eval()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--make-weights", type=Path, default=None, help="write the shared random ViT here and stop")
@@ -149,6 +186,9 @@ def main() -> None:
     p.add_argument("--milestones", type=int, nargs="*", default=None, help="SLCA's lr milestones (epochs)")
     p.add_argument("--epochs", type=int, default=0, help="L2P's epochs a task (tuned_epoch); SimpleCIL and RanPAC "
                                                          "train nothing")
+    p.add_argument("--exp", nargs="*", default=[], metavar="KEY=JSON",
+                   help="set keys of the method's exps/*.json (e.g. batchwise_prompt=false); a key the file does "
+                        "not have is refused")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -202,8 +242,9 @@ def main() -> None:
             pilot_net.get_backbone = fine_tuned
         elif args.method in ADAPTED:
             tag, module_name = ADAPTED[args.method]
-            pilot_net.get_backbone = lambda a, pretrained=False: (adapter_model(weights, a, module_name)
-                                                                  if tag in a["backbone_type"]
+            tuned = {"_ssf": lambda a: ssf_model(weights), "_vpt": lambda a: vpt_model(weights, a)}.get(
+                tag, lambda a: adapter_model(weights, a, module_name))
+            pilot_net.get_backbone = lambda a, pretrained=False: (tuned(a) if tag in a["backbone_type"]
                                                                   else make_model(weights))
         else:
             pilot_net.get_backbone = lambda a, pretrained=False: prompt_model(weights, a, PROMPTED[args.method], True)
@@ -238,7 +279,7 @@ def main() -> None:
     exp = json.loads((repo / exp_file).read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
                 "config": exp_file})
-    if args.method in PROMPTED or args.method == "aper_adapter":
+    if args.method in PROMPTED or args.method.startswith("aper_"):
         exp["tuned_epoch"] = args.epochs
     if args.method == "ease":
         exp.update({"init_epochs": args.epochs, "later_epochs": args.epochs})
@@ -251,6 +292,12 @@ def main() -> None:
     if args.method == "ranpac":  # Phase 1 skipped: its loop logs a variable only set inside it, so not run at all
         exp.update({"M": args.projection, "tuned_epoch": 0})
         module.Learner._init_train = lambda self, *a, **k: None
+    for item in args.exp:
+        key, sep, value = item.partition("=")
+        if not sep or key not in exp:
+            raise SystemExit(f"--exp {item!r}: {exp_file} has no key {key!r}" if sep
+                             else f"--exp {item!r}: expected KEY=JSON")
+        exp[key] = json.loads(value)
     pilot_trainer.train(exp)
 
     result = {"toolkit": "lamda-pilot", "commit": _commit(repo), "method": args.method, "seed": args.seed,

@@ -95,11 +95,15 @@ _ALL = _ALL + (
     Recipe("pilot", "ranpac", "ranpac_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, epoch_keys=(),
            extra=(*PILOT_VIT, "method.scoring=cosine", f"method.projection={PILOT_PROJECTION}"),
            peer_args=("--projection", str(PILOT_PROJECTION))),
-    # L2P trains its prompts and head: the parity's epochs on both sides (PILOT's tuned_epoch)
-    Recipe("pilot", "l2p", "l2p_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
-    Recipe("pilot", "dualprompt", "dualprompt_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
+    # L2P trains its prompts and head: the parity's epochs on both sides (PILOT's tuned_epoch). Prompts chosen per
+    # image on both sides: PILOT's batchwise choice at test time votes over its class-sorted test batches (16 or
+    # 24 images of one class), which ltcil's batches over the archive's order cannot reproduce
+    *(Recipe("pilot", name, f"{name}_vit_b16_cifar100_b0inc10", {"cnn": "logits"},
+             extra=(*PILOT_VIT, "method.batchwise=never"), peer_args=("--exp", "batchwise_prompt=false"))
+      for name in ("l2p", "dualprompt")),
     # APER adapts on the first task only: the parity's epochs there (PILOT's tuned_epoch)
-    Recipe("pilot", "aper_adapter", "aper_adapter_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
+    *(Recipe("pilot", f"aper_{tuning}", f"aper_{tuning}_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT)
+      for tuning in ("adapter", "ssf", "vpt_deep", "vpt_shallow")),
     Recipe("pilot", "ease", "ease_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
     Recipe("pilot", "slca", "slca_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
     Recipe("pilot", "dgr", "dgr_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),

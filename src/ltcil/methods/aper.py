@@ -3,6 +3,8 @@ Generalizability and Adaptivity are All You Need", IJCV 2024, Sec. 4.2; first pu
 ViT is adapted on the first task only, with parameter-efficient modules (here AdaptFormer's parallel adapters:
 Chen et al., NeurIPS 2022), then frozen; every class's classifier row is the mean of its training images' merged
 embedding, [pre-trained ViT's; adapted ViT's] (Eq. 9), compared by cosine. Later tasks train nothing.
+`method.tuning` picks the parameter-efficient modules (layers/vit_tuning.py; the paper's Sec. 4.2 variants, PILOT's
+aper_adapter / aper_ssf / aper_vpt): adapter (default), ssf, vpt_deep, vpt_shallow.
 
 As LAMDA-PILOT runs its adapter variant (models/aper_adapter.py, exps/aper_aperpter.json, backbone/vit_adapter.py),
 which the config aper_adapter_vit_b16_cifar100_b0inc10 names key by key:
@@ -12,13 +14,14 @@ which the config aper_adapter_vit_b16_cifar100_b0inc10 names key by key:
 - first task: the adapters and a cosine classifier with a learned scale (PILOT's CosineLinear) trained by SGD
   (momentum 0.9, lr 0.01, weight decay 5e-4) for 20 epochs at batch 48, cosine lr to 0;
 - prototypes from the un-augmented training images, the merged embedding 2 x 768 wide, scored by cosine.
-One ViT is kept: the pre-trained embedding is the same network run with its adapters detached (PILOT holds two
-copies). After the first task nothing changes, so evaluation embeds each test image once per run (frozen_base).
+SSF and VPT as PILOT's exps/aper_ssf.json / aper_vpt_{deep,shallow}.json: the same first-task recipe, 5 prompt
+tokens for VPT (PILOT starts them at zero: `method.vpt_init: zeros` in its configs; the paper's Xavier init is the
+default). One ViT is kept: the pre-trained embedding is the same network run without its tuning modules (PILOT
+holds two copies). After the first task nothing changes, so evaluation embeds each test image once per run (frozen_base).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
+from ..layers.vit_tuning import TUNINGS, VPT_INITS, build_tuning
 from ..registry import register_method
 from .base import IncrementalNet
 from .frozen_base import AroundFrozenViT, FrozenBackboneMethod, freeze
@@ -35,38 +39,22 @@ from .simplecil import set_prototypes
 
 @dataclass
 class APEROptions:
-    bottleneck: int = 64  # PILOT "ffn_num"
-    adapter_scale: float = 0.1  # PILOT "ffn_adapter_scalar"
-    adapter_dropout: float = 0.1  # on the bottleneck, in training (PILOT's Adapter(dropout=0.1))
+    tuning: str = "adapter"  # adapter | ssf | vpt_deep | vpt_shallow (layers/vit_tuning.py; PILOT's aper_* models)
+    bottleneck: int = 64  # adapter: PILOT "ffn_num"
+    adapter_scale: float = 0.1  # adapter: PILOT "ffn_adapter_scalar"
+    adapter_dropout: float = 0.1  # adapter: on the bottleneck, in training (PILOT's Adapter(dropout=0.1))
+    prompt_tokens: int = 5  # vpt_*: tokens per set (PILOT "prompt_token_num")
+    vpt_init: str = "xavier"  # vpt_*: xavier (VPT's released init) | zeros (PILOT's backbone/vpt.py)
 
 
-class ParallelAdapter(nn.Module):
-    """AdaptFormer's adapter (Chen et al. 2022, Eq. 3): s * up(dropout(ReLU(down(x)))), run beside a block's MLP."""
+class TunedViT(nn.Module):
+    """A frozen ViT with the first task's tuning modules (layers/vit_tuning.py). forward_features(x) = [pre-trained
+    embedding; tuned embedding] (APER's merged embedding); adapted(x) alone is what the first task trains on."""
 
-    def __init__(self, dim: int, bottleneck: int, scale: float, dropout: float = 0.0):
-        super().__init__()
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
-        self.scale, self.dropout = scale, dropout
-        with torch.no_grad():  # PILOT's "lora" init: the adapter starts as a zero map
-            nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
-            nn.init.zeros_(self.down.bias)
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(F.dropout(F.relu(self.down(x)), self.dropout, self.training)) * self.scale
-
-
-class AdaptedViT(nn.Module):
-    """A frozen ViT with one adapter per block. forward_features(x) = [pre-trained embedding; adapted embedding]
-    (APER's merged embedding); adapted(x) alone is what the first task trains on."""
-
-    def __init__(self, vit: nn.Module, bottleneck: int, scale: float, dropout: float = 0.0):
+    def __init__(self, vit: nn.Module, tuning: nn.Module):
         super().__init__()
         self.vit = freeze(vit)
-        self.adapters = nn.ModuleList(ParallelAdapter(vit.num_features, bottleneck, scale, dropout)
-                                      for _ in vit.blocks)
+        self.tuning = tuning
         self.num_features = 2 * vit.num_features
 
     def train(self, mode: bool = True):
@@ -74,22 +62,12 @@ class AdaptedViT(nn.Module):
         self.vit.eval()
         return self
 
-    def _embed(self, x: torch.Tensor, adapters: bool) -> torch.Tensor:
-        blocks = self.vit.blocks
-        try:
-            for block, adapter in zip(blocks, self.adapters):
-                block.adapter = adapter if adapters else None
-            return self.vit.forward_features(x)
-        finally:  # detached again: the ViT's own weights (and checkpoint keys) never include them
-            for block in blocks:
-                block.adapter = None
-
     def adapted(self, x: torch.Tensor) -> torch.Tensor:
-        return self._embed(x, adapters=True)
+        return self.tuning.embed(self.vit, x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            pre = self._embed(x, adapters=False)
+            pre = self.vit.forward_features(x)
         return torch.cat([pre, self.adapted(x)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +77,7 @@ class AdaptedViT(nn.Module):
 class APERNet(IncrementalNet):
     """The prototype head over the merged embedding, and the first task's cosine classifier over the adapted one."""
 
-    def __init__(self, backbone: AdaptedViT, tune_head: CosineLinear):
+    def __init__(self, backbone: TunedViT, tune_head: CosineLinear):
         super().__init__(backbone, CosineLinear(backbone.num_features, sigma=False).requires_grad_(False))
         self.tune_head = tune_head
 
@@ -111,17 +89,25 @@ class APER(AroundFrozenViT, FrozenBackboneMethod):
     @classmethod
     def check(cls, options, cfg) -> None:
         super().check(options, cfg)
+        if options.tuning not in TUNINGS:
+            raise ConfigError(f"method.tuning: {options.tuning!r} is not one of {', '.join(TUNINGS)}.")
+        if options.vpt_init not in VPT_INITS:
+            raise ConfigError(f"method.vpt_init: {options.vpt_init!r} is not one of {', '.join(VPT_INITS)}.")
         if options.bottleneck < 1 or options.adapter_scale <= 0 or not 0 <= options.adapter_dropout < 1:
             raise ConfigError(f"method.bottleneck ({options.bottleneck}) must be >= 1, method.adapter_scale "
                               f"({options.adapter_scale}) > 0 and method.adapter_dropout in [0, 1).")
+        if options.prompt_tokens < 1:
+            raise ConfigError(f"method.prompt_tokens: {options.prompt_tokens} must be >= 1.")
 
     @classmethod
     def build_network(cls, networks, options, cfg):
         vit = networks.backbone()
         if not hasattr(vit, "blocks") or not hasattr(vit.blocks[0], "adapter"):
-            raise ConfigError(f"method aper puts adapters into a ViT's blocks; backbone {cfg.backbone.name!r} has "
-                              "none (use ltcil's ViTs: vit_tiny/small/base_patch16_224, vit_micro).")
-        backbone = AdaptedViT(vit, options.bottleneck, options.adapter_scale, options.adapter_dropout)
+            raise ConfigError(f"method aper tunes the blocks of ltcil's ViTs; backbone {cfg.backbone.name!r} is "
+                              "not one (use vit_tiny/small/base_patch16_224, vit_micro).")
+        tuning = build_tuning(options.tuning, vit, options.bottleneck, options.adapter_scale, options.adapter_dropout,
+                              options.prompt_tokens, options.vpt_init)
+        backbone = TunedViT(vit, tuning)
         return APERNet(backbone, CosineLinear(vit.num_features, sigma=True))
 
     def trains(self, task) -> bool:
@@ -134,13 +120,13 @@ class APER(AroundFrozenViT, FrozenBackboneMethod):
             self.model.tune_head.to(self.device)
 
     def trainable_parameters(self):
-        return [*self.model.backbone.adapters.parameters(), *self.model.tune_head.parameters()]
+        return [*self.model.backbone.tuning.parameters(), *self.model.tune_head.parameters()]
 
     def training_step(self, x, y):
         logits = self.model.tune_head(self.model.backbone.adapted(x))
         return {"loss": F.cross_entropy(logits, y)}
 
     def end_task(self, task, ctx) -> None:
-        for p in self.model.backbone.adapters.parameters():  # adapted once: frozen from here on
+        for p in self.model.backbone.tuning.parameters():  # adapted once: frozen from here on
             p.requires_grad_(False)
         set_prototypes(self.model.head, *self.task_features(task, ctx), task.classes)

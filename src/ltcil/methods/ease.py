@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..heads.cosine import CosineLinear
+from ..layers.vit_tuning import ParallelAdapter
 from ..registry import register_method
-from .aper import ParallelAdapter
 from .base import IncrementalNet
 from .frozen_base import AroundFrozenViT, FrozenBackboneMethod, freeze
 
