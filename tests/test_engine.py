@@ -229,3 +229,29 @@ def test_the_training_loop_is_the_textbook_pytorch_loop(tmp_path):
     assert moved > 1e-2  # the loop did train
     for key in want:
         assert torch.allclose(got[key].float(), want[key].float(), atol=1e-5, rtol=1e-4), key
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_drop_last_drops_only_an_epochs_trailing_partial_batch(tmp_path, drop_last):
+    from ltcil.engine.seed import generators
+    from ltcil.engine.stage import Stage
+    from ltcil.engine.trainer import Trainer
+    from ltcil.reporting.events import EventLog
+
+    exp = Experiment(tiny_config("train.batch_size=14", f"train.drop_last={drop_last}"), tmp_path)
+    indices = exp.scenario.tasks[0].train_indices
+    sizes = []
+
+    def step(x, y):
+        sizes.append(len(y))
+        return {"loss": (x.mean() * 0 + torch.ones((), requires_grad=True)).sum()}
+
+    stage = Stage("train", exp.cfg.train, epochs=1, lr=0.1)
+    full, rest = divmod(len(indices), 14)
+    assert rest >= 2  # the tiny task leaves a partial batch to drop
+    assert stage.steps_per_epoch(len(indices)) == full + (0 if drop_last else 1)
+    Trainer(exp.data, exp.device, EventLog(None), progress=False).fit(
+        step, [torch.nn.Parameter(torch.zeros(1))], indices, stage, gens=generators(0, 0, exp.device), task_index=0)
+    assert sizes == [14] * full + ([] if drop_last else [rest])
+    small = Stage("train", exp.cfg.train, epochs=1, lr=0.1)  # fewer images than a batch: still one step
+    assert small.steps_per_epoch(10) == 1

@@ -27,6 +27,9 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   frozen), and for APER the shared ViT itself as the pre-trained branch (backbone_type without "_adapter"); epochs
   from --epochs (APER's tuned_epoch, EASE's init_epochs and later_epochs); APER's SSF and VPT variants likewise
   on PILOT's backbone/vit_ssf.py VisionTransformer and backbone/vpt.py VPT_ViT at the shared ViT's size;
+- CODA-Prompt: PILOT's backbone/vit_coda_promtpt.py ViT at the shared ViT's size with its weights, and
+  CodaPromptVitNet's head, prompt and key widths at that size (PILOT writes 768 for all three); its augmentation
+  RandomResizedCrop(32, area 8-100%) and flip (build_transform_coda_prompt at 32 px);
 - SLCA and DGR: the shared ViT fine-tuned as PILOT fine-tunes its ViT-B/16; epochs from --epochs, SLCA's lr
   milestones from --milestones (the parity's scaling of its [18] of 20);
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
@@ -52,7 +55,8 @@ HERE = Path(__file__).resolve().parent
 METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "models.l2p",
            "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter", "ease": "models.ease",
            "slca": "models.slca", "dgr": "models.dgr", "aper_ssf": "models.aper_ssf",
-           "aper_vpt_deep": "models.aper_vpt", "aper_vpt_shallow": "models.aper_vpt"}
+           "aper_vpt_deep": "models.aper_vpt", "aper_vpt_shallow": "models.aper_vpt",
+           "coda_prompt": "models.coda_prompt"}
 PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
 EXPS = {"aper_adapter": "aper_aperpter"}  # PILOT's exps/<name>.json where it is not the method's name
 ADAPTED = {"aper_adapter": ("_adapter", "vit_adapter"), "ease": ("_ease", "vit_ease"),  # backbone_type tag, module
@@ -172,6 +176,40 @@ def vpt_model(weights: Path, a: dict):
     return model.eval()
 
 
+def coda_model(weights: Path):
+    """PILOT's CODA-Prompt ViT (backbone/vit_coda_promtpt.py's VisionTransformer, which returns all tokens and
+    takes the prompt module) at the shared ViT's size with its weights, through that module's checkpoint filter."""
+    import torch
+
+    from backbone import vit_coda_promtpt as coda
+
+    model = coda.VisionTransformer(num_classes=0, **TINY)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"the shared ViT does not fit PILOT's CODA-Prompt ViT: missing {missing}, "
+                         f"unexpected {unexpected}")
+    return model
+
+
+def coda_net_init(self, a, pretrained):
+    """CodaPromptVitNet.__init__ at the shared ViT's width (PILOT writes 768 for the head, the prompt width and,
+    through CodaPrompt's default, the key width). Its components per task are divided by the scenario's whole
+    task count, not the --tasks the run stops after (args["nb_tasks"] reads the shortened DataManager)."""
+    import torch.nn as nn
+
+    from backbone.prompt import CodaPrompt
+    from utils import inc_net
+
+    nn.Module.__init__(self)
+    d = TINY["embed_dim"]
+    self.args = a
+    self.backbone = inc_net.get_backbone(a, pretrained)
+    self.fc = nn.Linear(d, a["nb_classes"])
+    tasks = 1 + -(-(a["nb_classes"] - a["init_cls"]) // a["increment"])
+    self.prompt = CodaPrompt(d, tasks, a["prompt_param"], key_dim=d)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--make-weights", type=Path, default=None, help="write the shared random ViT here and stop")
@@ -225,15 +263,19 @@ def main() -> None:
         self.test_data, self.test_targets = test_x, test_y
 
     pilot_data.iCIFAR224.download_data = download_data
-    if args.method in PROMPTED or args.method in ADAPTED or args.method in FINE_TUNED:  # PILOT's augmentation
-        def build_transform(is_train, a):
+    if args.method in PROMPTED or args.method in ADAPTED or args.method in FINE_TUNED or args.method == "coda_prompt":
+        def build_transform(is_train, a, area=0.05):  # PILOT's augmentation at 32 px
             if not is_train:
                 return [transforms.ToTensor()]
-            return [transforms.RandomResizedCrop(32, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)),
+            return [transforms.RandomResizedCrop(32, scale=(area, 1.0), ratio=(3 / 4, 4 / 3)),
                     transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()]
 
         pilot_data.build_transform = build_transform
-        if args.method in FINE_TUNED:
+        pilot_data.build_transform_coda_prompt = lambda is_train, a: build_transform(is_train, a, area=0.08)
+        if args.method == "coda_prompt":
+            pilot_net.get_backbone = lambda a, pretrained=False: coda_model(weights)
+            pilot_net.CodaPromptVitNet.__init__ = coda_net_init
+        elif args.method in FINE_TUNED:
             def fine_tuned(a, pretrained=False):
                 model = make_model(weights)
                 model.requires_grad_(True)
@@ -279,7 +321,7 @@ def main() -> None:
     exp = json.loads((repo / exp_file).read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
                 "config": exp_file})
-    if args.method in PROMPTED or args.method.startswith("aper_"):
+    if args.method in PROMPTED or args.method.startswith("aper_") or args.method == "coda_prompt":
         exp["tuned_epoch"] = args.epochs
     if args.method == "ease":
         exp.update({"init_epochs": args.epochs, "later_epochs": args.epochs})

@@ -105,6 +105,9 @@ _ALL = _ALL + (
     *(Recipe("pilot", f"aper_{tuning}", f"aper_{tuning}_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT)
       for tuning in ("adapter", "ssf", "vpt_deep", "vpt_shallow")),
     Recipe("pilot", "ease", "ease_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
+    # CODA-Prompt: PILOT keeps classes in id order (shuffle false) whatever the seed, which trains
+    Recipe("pilot", "coda_prompt", "coda_prompt_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT,
+           order_from_seed=False),
     Recipe("pilot", "slca", "slca_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
     Recipe("pilot", "dgr", "dgr_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
 )

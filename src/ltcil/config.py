@@ -135,6 +135,7 @@ class TrainConfig:
     first_task: FirstTaskConfig = field(default_factory=FirstTaskConfig)
     batch_size: int = 128
     sampler: str = "instance"  # instance | class_balanced | sqrt: how an epoch visits images (data/sampling.py)
+    drop_last: bool = False  # drop an epoch's trailing partial batch (DataLoader(drop_last=True): CODA-Prompt's code)
     loss: str = "ce"  # ce | balanced_softmax | class_balanced: the classification term of methods built on CE
     cb_beta: float = 0.9999  # class_balanced: effective-number weights (Cui et al. 2019)
     lr: float = 0.1

@@ -26,9 +26,10 @@ class Stage:
     on_epoch: Optional[Callable] = None  # on_epoch(epoch, epochs) before each epoch
 
     def steps_per_epoch(self, n: int) -> int:
-        """Steps an epoch over n images takes (a trailing batch of one image is dropped: BatchNorm)."""
+        """Steps an epoch over n images takes (a trailing batch of one image is dropped: BatchNorm; any partial
+        one with train.drop_last)."""
         full, rest = divmod(n, self.settings.batch_size)
-        return max(1, full + (1 if rest >= 2 else 0))
+        return max(1, full + (1 if rest >= 2 and not self.settings.drop_last else 0))
 
 
 def task_settings(train: TrainConfig, first: bool) -> tuple[TrainConfig, int, float]:

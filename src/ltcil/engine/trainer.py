@@ -151,6 +151,8 @@ class Trainer:
                                             split=stage.split, augment=stage.augment, views=stage.views):
             if world.enabled and len(idx) < 2 * world.size:
                 continue  # a trailing batch too small to give every rank two images (BatchNorm)
+            if stage.settings.drop_last and len(idx) < stage.settings.batch_size and steps:
+                break  # a trailing partial batch (a set smaller than one batch still trains on what it has)
             if per_step and steps:
                 set_lr(optimizer, stage.lr * lr_factor(stage.settings, epoch + steps / per_epoch, stage.epochs))
             # the whole batch is augmented on every rank (same generator), so each shard sees exactly the images
