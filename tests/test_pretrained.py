@@ -294,3 +294,39 @@ def test_frozen_backbone_evaluation_embeds_each_test_image_once_and_scores_as_wi
     direct = predict_all(exp.method, exp.data, "test", np.concatenate([t.test_indices for t in exp.tasks]), 7)
     pred = direct["logits"].argmax(1)
     assert results["accuracy"][-1] == pytest.approx(100 * float((pred == direct["target"]).mean()), abs=1e-9)
+
+
+def test_ranpac_phase1_adapts_on_the_first_task_then_projects_the_adapted_embedding(tmp_path):
+    """Phase 1 (Sec. 4.1): adapters and a cosine head learn on the first task only; the random projection and the
+    ridge classifier see the adapted embedding (not APER's merge); a resumed run ends as the uninterrupted one."""
+    import shutil
+
+    from helpers import tiny_config
+
+    extra = [*VIT, "method.name=ranpac", "method.projection=32", "method.tuning=adapter", "method.bottleneck=8",
+             "method.adapter_dropout=0", "train.epochs=2"]
+    exp = Experiment(tiny_config(*extra), tmp_path / "full")
+    net = exp.method.model.backbone
+    vit_before = {k: v.clone() for k, v in net.vit.state_dict().items()}
+    full = exp.run()
+    assert [t["train_images"] > 0 for t in exp.timing] == [True, False, False]
+    assert all(torch.equal(v, vit_before[k]) for k, v in net.vit.state_dict().items())
+    ups = [a.up.weight for a in net.tuning.adapters]
+    assert any(w.abs().sum() > 0 for w in ups) and not any(w.requires_grad for w in ups)
+    assert net.num_features == net.vit.num_features  # the adapted embedding alone
+    head = exp.method.model.head
+    train = torch.as_tensor(np.concatenate([t.train_indices for t in exp.tasks]))
+    with torch.no_grad():
+        images, _ = exp.data.batch("train", train)
+        h = head.expand(net.adapted(images)).double()
+    torch.testing.assert_close(head.gram, h.T @ h, atol=1e-6, rtol=1e-6)  # G of every adapted image seen
+    state = torch.load(tmp_path / "full" / "checkpoints" / "task_002.pt", weights_only=True)
+    assert any(k.startswith("backbone.tuning.") for k in state["method"]["model"])
+    assert not any(k.startswith("backbone.vit.") for k in state["method"]["model"])
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "full", crashed)
+    (crashed / "checkpoints" / "task_002.pt").unlink()
+    (crashed / "results.json").unlink()
+    again = Experiment(tiny_config(*extra), crashed)
+    assert again.restore() and again.next_task == 2
+    assert again.run()["accuracy_matrix"] == full["accuracy_matrix"]

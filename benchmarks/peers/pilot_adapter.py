@@ -32,8 +32,12 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   RandomResizedCrop(32, area 8-100%) and flip (build_transform_coda_prompt at 32 px);
 - SLCA and DGR: the shared ViT fine-tuned as PILOT fine-tunes its ViT-B/16; epochs from --epochs, SLCA's lr
   milestones from --milestones (the parity's scaling of its [18] of 20);
+- RanPAC with Phase 1 (`ranpac_phase1`): its exps/ranpac.json as it is (adapters on the first task, --epochs of
+  them), M from --projection;
 - RanPAC: M from --projection; Phase 1 skipped (`tuned_epoch` 0 and its training loop not entered: with 0
   epochs the loop's final log line reads a variable only the loop sets), as ltcil's RanPAC has none;
+- CPU and width fixes (_cpu_fixes): DGR's .cuda() prior, CODA-Prompt's leaf prompt-loss tensor, EASE's
+  reweighted head's hard-coded 768-wide blocks;
 - timm: PILOT's `timm.models.layers.weight_init` / `.helpers` imports (timm 0.6.12, which does not import on
   Python 3.11) are aliased to timm 1.x's `timm.layers` modules;
 - --exp KEY=JSON sets keys of the method's exps/*.json (the parity's batchwise_prompt=false);
@@ -56,11 +60,12 @@ METHODS = {"simplecil": "models.simplecil", "ranpac": "models.ranpac", "l2p": "m
            "dualprompt": "models.dualprompt", "aper_adapter": "models.aper_adapter", "ease": "models.ease",
            "slca": "models.slca", "dgr": "models.dgr", "aper_ssf": "models.aper_ssf",
            "aper_vpt_deep": "models.aper_vpt", "aper_vpt_shallow": "models.aper_vpt",
-           "coda_prompt": "models.coda_prompt"}
+           "coda_prompt": "models.coda_prompt", "ranpac_phase1": "models.ranpac"}
 PROMPTED = {"l2p": "vit_l2p", "dualprompt": "vit_dualprompt"}  # PILOT's prompted ViT module of each prompt method
-EXPS = {"aper_adapter": "aper_aperpter"}  # PILOT's exps/<name>.json where it is not the method's name
+EXPS = {"aper_adapter": "aper_aperpter", "ranpac_phase1": "ranpac"}  # exps/<name>.json when not the method's name
 ADAPTED = {"aper_adapter": ("_adapter", "vit_adapter"), "ease": ("_ease", "vit_ease"),  # backbone_type tag, module
-           "aper_ssf": ("_ssf", "vit_ssf"), "aper_vpt_deep": ("_vpt", "vpt"), "aper_vpt_shallow": ("_vpt", "vpt")}
+           "ranpac_phase1": ("_adapter", "vit_adapter"), "aper_ssf": ("_ssf", "vit_ssf"),
+           "aper_vpt_deep": ("_vpt", "vpt"), "aper_vpt_shallow": ("_vpt", "vpt")}
 FINE_TUNED = ("slca", "dgr")  # train the shared ViT itself
 TINY = dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3)  # timm's vit_tiny_patch16_224 at 32 px
 
@@ -305,6 +310,7 @@ def main() -> None:
         pilot_dm.DataManager.nb_tasks = property(lambda self: min(args.tasks, real.fget(self)))
     module = __import__(METHODS[args.method], fromlist=["Learner"])
     module.num_workers = 0
+    _cpu_fixes(args.method, module)
 
     tasks: list = []
     eval_task = pilot_base.BaseLearner.eval_task
@@ -321,8 +327,10 @@ def main() -> None:
     exp = json.loads((repo / exp_file).read_text())
     exp.update({"seed": [args.seed], "device": ["cpu"], "dataset": "cifar224", "init_cls": 10, "increment": 10,
                 "config": exp_file})
-    if args.method in PROMPTED or args.method.startswith("aper_") or args.method == "coda_prompt":
+    if args.method in PROMPTED or args.method.startswith("aper_") or args.method in ("coda_prompt", "ranpac_phase1"):
         exp["tuned_epoch"] = args.epochs
+    if args.method == "ranpac_phase1":
+        exp["M"] = args.projection
     if args.method == "ease":
         exp.update({"init_epochs": args.epochs, "later_epochs": args.epochs})
     if args.method == "slca":
@@ -346,6 +354,38 @@ def main() -> None:
               "tasks": tasks, "wall_s": time.perf_counter() - START, "threads": torch.get_num_threads(),
               "torch": torch.__version__}
     out_path.write_text(json.dumps(result, indent=1))
+
+
+def _cpu_fixes(method: str, module) -> None:
+    """What stops PILOT's code on a CPU or at a width other than ViT-B's, changed in memory without changing what
+    it computes: DGR's loss moves its prior with .cuda(); CODA-Prompt's ViT starts its prompt loss as a leaf
+    tensor that `.to(device)` only copies on a GPU (in-place adds to it fail on the CPU); EASE's reweighted cosine
+    head splits the embedding in blocks of out_dim=768 (its default) instead of the ViT's width."""
+    import functools
+    import types
+
+    import torch
+
+    if method == "dgr":
+        def regularized_cn(outputs, targets, label_distribution):
+            import numpy as np
+
+            prior = torch.log(torch.as_tensor(label_distribution / np.sum(label_distribution), dtype=torch.float32))
+            return torch.nn.functional.cross_entropy(outputs + prior.to(outputs.device), targets)
+
+        module.regularized_cn = regularized_cn
+    if method == "coda_prompt":
+        from backbone import vit_coda_promtpt as coda
+
+        proxy = types.ModuleType("torch_for_coda")
+        proxy.__getattr__ = lambda name: getattr(torch, name)
+        proxy.zeros = lambda *a, **k: torch.zeros(*a, **k).clone()  # not a leaf: its in-place += is allowed
+        coda.torch = proxy
+    if method == "ease":
+        from backbone.linears import EaseCosineLinear
+
+        EaseCosineLinear.forward_reweight = functools.partialmethod(EaseCosineLinear.forward_reweight,
+                                                                    out_dim=TINY["embed_dim"])
 
 
 def _timm_layer_aliases() -> None:

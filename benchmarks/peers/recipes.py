@@ -93,6 +93,10 @@ _ALL = _ALL + (
            extra=PILOT_VIT),
     # PILOT scores RanPAC by cosine (its CosineLinear normalises both sides), the paper by h W^T
     Recipe("pilot", "ranpac", "ranpac_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, epoch_keys=(),
+           extra=(*PILOT_VIT, "method.scoring=cosine", f"method.projection={PILOT_PROJECTION}", "method.tuning=none"),
+           peer_args=("--projection", str(PILOT_PROJECTION))),
+    # RanPAC with its Phase 1 (PILOT's adapters on the first task, the parity's epochs there)
+    Recipe("pilot", "ranpac_phase1", "ranpac_vit_b16_cifar100_b0inc10", {"cnn": "logits"},
            extra=(*PILOT_VIT, "method.scoring=cosine", f"method.projection={PILOT_PROJECTION}"),
            peer_args=("--projection", str(PILOT_PROJECTION))),
     # L2P trains its prompts and head: the parity's epochs on both sides (PILOT's tuned_epoch). Prompts chosen per
