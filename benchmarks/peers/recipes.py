@@ -113,7 +113,10 @@ _ALL = _ALL + (
     Recipe("pilot", "coda_prompt", "coda_prompt_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT,
            order_from_seed=False),
     Recipe("pilot", "slca", "slca_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
-    Recipe("pilot", "dgr", "dgr_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=PILOT_VIT),
+    # DGR's 2,000 exemplars scaled with a --train-per-class subset (PILOT's herding stops when a class has fewer
+    # images than its share): 400 on both sides, 4% of the training images as 2,000 of 50,000
+    Recipe("pilot", "dgr", "dgr_vit_b16_cifar100_b0inc10", {"cnn": "logits"}, extra=(*PILOT_VIT, "memory.size=400"),
+           peer_args=("--exp", "memory_size=400")),
 )
 # kaidic/LDAM-DRW (benchmarks/peers/ldam_adapter.py): plain long-tailed recognition on CIFAR-100-LT IF 100, one task
 # of 100 classes; both sides train on the images IMBALANCECIFAR100 keeps (numpy seed 0: ltcil's ldam_drw images, and

@@ -17,8 +17,8 @@ which the config aper_adapter_vit_b16_cifar100_b0inc10 names key by key:
 SSF and VPT as PILOT's exps/aper_ssf.json / aper_vpt_{deep,shallow}.json: the same first-task recipe, 5 prompt
 tokens for VPT (PILOT starts them at zero: `method.vpt_init: zeros` in its configs; the paper's Xavier init is the
 default). One ViT is kept: the pre-trained embedding is the same network run without its tuning modules (PILOT
-holds two copies). After the first task nothing changes, so evaluation embeds each test image once per run (frozen_base).
-The first task's training is shared with RanPAC's Phase 1 (first_task_tuning.py).
+holds two copies). After the first task nothing changes, so evaluation embeds each test image once per run
+(frozen_base). The first task's training is shared with RanPAC's Phase 1 (first_task_tuning.py).
 """
 
 from __future__ import annotations
