@@ -456,22 +456,22 @@ def _tiny_cifar100_archive(folder: Path, per_class: int) -> np.ndarray:
     return labels
 
 
-def test_cifar_subset_keeps_the_first_images_of_every_class_for_both_sides(tmp_path):
-    import cifar_subset
+def test_per_class_subset_keeps_the_first_images_of_every_class_for_both_sides(tmp_path):
+    import per_class_subset as subset
     from pycil_adapter import read_cifar100
 
     from ltcil.config import DataConfig
     from ltcil.data.arrays import load
 
     labels = _tiny_cifar100_archive(tmp_path / "full", per_class=5)
-    assert cifar_subset.keep_first(labels, 2).tolist() == [0, 1, 2, 3, 4, 5]
-    assert cifar_subset.keep_first(np.array([4, 4, 4, 1]), 2).tolist() == [0, 1, 3]
+    assert subset.keep_first(labels, 2).tolist() == [0, 1, 2, 3, 4, 5]
+    assert subset.keep_first(np.array([4, 4, 4, 1]), 2).tolist() == [0, 1, 3]
     with pytest.raises(ValueError):
-        cifar_subset.keep_first(labels, 0)
-    out = cifar_subset.write_subset(tmp_path / "full", 2, tmp_path / "sub")
-    train_x, train_y, test_x, _ = read_cifar100(out / cifar_subset.ARCHIVE)  # what the peers read
+        subset.keep_first(labels, 0)
+    out = subset.write_subset(tmp_path / "full", 2, tmp_path / "sub")
+    train_x, train_y, test_x, _ = read_cifar100(out / subset.ARCHIVE)  # what the peers read
     assert train_y.tolist() == [0, 1, 2, 0, 1, 2] and train_x[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 5]
-    ours = load(DataConfig(name="npz", root=str(out / cifar_subset.NPZ)))  # what ltcil reads
+    ours = load(DataConfig(name="npz", root=str(out / subset.NPZ)))  # what ltcil reads
     assert np.array_equal(ours.train.images, train_x) and ours.train.labels.tolist() == train_y.tolist()
     assert np.array_equal(ours.test.images, test_x) and len(ours.test.labels) == 3
 

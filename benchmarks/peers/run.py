@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cifar_subset  # noqa: E402
+import per_class_subset  # noqa: E402
 import recipes  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=4, help="stop both toolkits after this many tasks (0: all)")
     p.add_argument("--data", default="../shared/data", help="folder with cifar-100-python.tar.gz")
     p.add_argument("--train-per-class", type=int, default=0,
-                   help="both sides train on the first N training images of every class (cifar_subset.py writes "
+                   help="both sides train on the first N training images of every class (per_class_subset.py writes "
                         "them into --out; the whole test set is kept); 0: all")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--peer-python", default=None, help="the peer venv's python (required unless --only ltcil)")
@@ -150,7 +150,7 @@ def ltcil_command(args, rec: recipes.Recipe, seed: int, run_dir: Path) -> list[s
     if args.peer == "pilot":
         overrides.append(f"backbone.checkpoint={args.vit_weights or 'WEIGHTS'}")
     if args.train_per_class:  # the subset's .npz (ltcil's CIFAR reader wants the official 50,000 images)
-        overrides += ["data.name=npz", f"data.root={Path(args.data) / cifar_subset.NPZ}"]
+        overrides += ["data.name=npz", f"data.root={Path(args.data) / per_class_subset.NPZ}"]
     return [sys.executable, "-m", "ltcil", "run", rec.config, *overrides, "--out", str(run_dir), "--force",
             "--quiet"]
 
@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     if args.train_per_class:
         subset = args.out / f"cifar100_train{args.train_per_class}"
         if not args.dry_run:
-            cifar_subset.write_subset(Path(args.data), args.train_per_class, subset)
+            per_class_subset.write_subset(Path(args.data), args.train_per_class, subset)
         args.data = str(subset.resolve())
     records = []
     for rec in args.recipes:

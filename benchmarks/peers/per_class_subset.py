@@ -4,7 +4,7 @@ layout (cifar-100-python/{meta,train,test}, Python-3 pickles with the official k
 images as one .npz (MedMNIST keys) for ltcil's `data.name: npz`, since ltcil's CIFAR reader refuses an archive
 without the official 50,000 training images.
 
-    python benchmarks/peers/cifar_subset.py --data ../shared/data --per-class 100 --out runs/cifar100_train100
+    python benchmarks/peers/per_class_subset.py --data ../shared/data --per-class 100 --out runs/cifar100_train100
 
 run.py --train-per-class N writes it into --out and points both sides at it: the peer's --data at the folder,
 ltcil's data.root at the .npz.
