@@ -52,10 +52,12 @@ def test_every_recipe_config_takes_its_parity_overrides(key):
     if rec.method == "bic":
         assert cfg.method["bias_epochs"] == 5  # PyCIL's stage 2 runs as many epochs as stage 1
         assert cfg.method["bias_milestones"] == sched["bias"]
-    if rec.peer == "pilot":  # the shared random ViT at 32 px, no memory (DGR: PILOT's 2,000 exemplars)
+    if rec.peer == "pilot":  # the shared random ViT at 32 px, no memory (DGR: 400 exemplars on both sides)
         assert (cfg.backbone.name, cfg.backbone.patch_size, cfg.backbone.input_size) == ("vit_tiny_patch16_224", 4, 32)
         assert not cfg.backbone.pretrained and not cfg.data.normalize
-        assert cfg.memory.size == (2000 if rec.method == "dgr" else 0)
+        assert cfg.memory.size == (400 if rec.method == "dgr" else 0)
+        if rec.method == "dgr":
+            assert rec.peer_args == ("--exp", "memory_size=400")
     if rec.peer in recipes.FACIL_PEERS:  # CIFAR-100-LT, 50 + 10 x 5 (GVAlign: 5 x 10), 20 exemplars per class
         increment = 10 if rec.peer == "gvalign" else 5
         assert (cfg.scenario.initial, cfg.scenario.increment, cfg.memory.per_class) == (50, increment, 20)
@@ -63,7 +65,7 @@ def test_every_recipe_config_takes_its_parity_overrides(key):
     elif rec.peer == "ldam-drw":  # plain long-tailed recognition: one task of the 100 classes, no memory
         assert cfg.scenario.increment == 0 and cfg.scenario.imbalance_factor == 100 and cfg.memory.size == 0
     else:
-        assert cfg.scenario.initial == 10 and cfg.scenario.increment == 10 and cfg.memory.size in (0, 2000)
+        assert cfg.scenario.initial == 10 and cfg.scenario.increment == 10 and cfg.memory.size in (0, 400, 2000)
 
 
 def test_pycil_icarl_recipe_sets_pycils_choices():
