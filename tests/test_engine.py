@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import run_tiny, tiny_config
-from ltcil.config import TrainConfig
+from ltcil.config import ConfigError, TrainConfig, load_config
 from ltcil.engine.optim import lr_factor
 from ltcil.engine.runner import Experiment
 from ltcil.engine.trainer import NonFiniteLossError
@@ -31,6 +31,12 @@ def test_lr_schedules():
     cos = TrainConfig(schedule="cosine", warmup_epochs=2)
     assert lr_factor(cos, 0, 12) == pytest.approx(1 / 3) and lr_factor(cos, 1, 12) == pytest.approx(2 / 3)
     assert lr_factor(cos, 2, 12) == pytest.approx(1.0) and lr_factor(cos, 11, 12) < 0.05
+    # warm-up from a given factor, and a cosine that reaches 0 at the last epoch (Balanced Softmax's code)
+    balms = TrainConfig(schedule="cosine_to_zero", warmup_epochs=2, warmup_from=0.5)
+    assert [lr_factor(balms, e, 6) for e in range(6)] == pytest.approx([0.5, 0.75, 1.0, 0.75, 0.25, 0.0])
+    for bad in ("1.5", "-0.1", "yes"):
+        with pytest.raises(ConfigError, match="train.warmup_from"):
+            load_config(None, ["method.name=finetune", f"train.warmup_from={bad}"])
 
 
 def test_non_finite_loss_stops_with_task_and_epoch(tmp_path):

@@ -350,3 +350,26 @@ def test_decoding_processes_die_with_a_killed_training_process(tmp_path, how):
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{p}").exists() for p in workers)
+
+
+def test_streamed_resized_crops_get_autoaugment_and_cutout(tmp_path):
+    """The resized crop cut by the decoding workers is then augmented on the device like in-memory images:
+    AutoAugment on its uint8 pixels, Cutout before normalising (the same draws from the same generator)."""
+    from ltcil.data.augment import AugmentSpec
+    from ltcil.data.autoaugment import auto_augment, cutout
+
+    root = jpeg_tree(tmp_path / "tree")
+    data = Experiment(config(root, "data.storage=stream", "data.normalize=false"), tmp_path / "s").data
+    idx = torch.arange(8)
+    plain_spec = AugmentSpec(crop_padding=0, flip=False, resized_crop=True, crop_scale=(1.0, 1.0))
+    spec = AugmentSpec(crop_padding=0, flip=False, resized_crop=True, crop_scale=(1.0, 1.0), autoaugment="cifar10",
+                       cutout=6)
+    plain = data.batch("train", idx, plain_spec, torch.Generator().manual_seed(3))[0]
+    data._crop_last = None  # a new batch, not the second view of the same one
+    out = data.batch("train", idx, spec, torch.Generator().manual_seed(3))[0]
+    gen = torch.Generator().manual_seed(3)
+    torch.randint(2**62, (1,), generator=gen)  # the crop seed the unannounced batch drew
+    pixels = (plain * 255).round().to(torch.uint8)
+    expected = cutout(auto_augment(pixels, gen).float() / 255, 6, gen)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert not torch.allclose(out, plain)

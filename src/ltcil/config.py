@@ -142,10 +142,13 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | adam | adamw
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # constant | step | cosine | quarter_cosine (CODA-Prompt's; engine/optim.py)
+    schedule: str = "cosine"  # constant | step | cosine | quarter_cosine (CODA-Prompt's) | cosine_to_zero (the
+    # last epoch at lr 0: Balanced Softmax's code); engine/optim.py
     milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
+    warmup_from: Optional[float] = None  # the warm-up's first lr factor, rising linearly to 1 at warmup_epochs
+    # (None: (e+1)/(W+1)); Balanced Softmax's code warms up from 0.5 (its base lr 0.05 to its warm-up lr 0.1)
     schedule_unit: str = "step"  # step: warm-up and cosine move every step (milestones stay whole epochs) |
     # epoch: the lr changes once per epoch (as the released LDAM-DRW and SBCL code)
     crop_padding: int = 4  # random crop with this zero padding (0 disables)
@@ -156,6 +159,9 @@ class TrainConfig:
     crop_scale: list = field(default_factory=lambda: [0.35, 1.0])  # area range of the resized crop (ImageNet: 0.08-1)
     resized_crop_padding: int = 0  # zero padding added before the resized crop (FACIL-based code, e.g.
     # Long-Tailed-CIL and DGR on CIFAR: Pad(4) then RandomResizedCrop(32) with scale 0.08-1); in-memory data only
+    autoaugment: str = "none"  # none | cifar10: AutoAugment's CIFAR-10 policy after crop and flip (Cubuk et al.
+    # 2019; the CIFAR-LT recipe of Balanced Softmax's code, with cutout: 16)
+    cutout: int = 0  # Cutout (DeVries & Taylor 2017): a square of zeros of this side per image, before normalising
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU, where it is ~10x slower)
     compile: str = "off"  # torch.compile of the training step: off | default | reduce-overhead (CUDA graphs) |
     # max-autotune | eager (trace only: checks that a step compiles)
@@ -239,7 +245,7 @@ _CHOICES = {
     "scenario.val_rule": ("per_class", "facil"),
     "memory.selection": ("herding", "random", "closest"),
     "train.optimizer": ("sgd", "adam", "adamw"),
-    "train.schedule": ("constant", "step", "cosine", "quarter_cosine"),
+    "train.schedule": ("constant", "step", "cosine", "quarter_cosine", "cosine_to_zero"),
     "train.schedule_unit": ("step", "epoch"),
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
@@ -255,14 +261,15 @@ _CHOICES = {
     "log.report": ("auto", "always", "never"),
     "eval.shot_split": ("absolute", "quantile"),
     "data.storage": ("auto", "memory", "stream"),
+    "train.autoaugment": ("none", "cifar10"),
 }
 
 _NON_NEGATIVE = {
     "scenario.initial", "scenario.val_per_class", "scenario.max_tasks", "memory.size", "memory.per_class",
     "train.first_task.epochs", "train.first_task.batch_size", "train.lr", "train.first_task.lr", "train.momentum",
     "train.weight_decay",
-    "train.warmup_epochs", "train.crop_padding", "train.resized_crop_padding", "train.checkpoint_minutes",
-    "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed",
+    "train.warmup_epochs", "train.crop_padding", "train.resized_crop_padding", "train.cutout",
+    "train.checkpoint_minutes", "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed",
     "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
     "backbone.patch_size", "backbone.input_size",
@@ -446,6 +453,9 @@ def _validate_ranges(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}train.{key}: {short(value)} must be a list of positive epoch numbers.")
     if cfg.train.first_task.weight_decay is not None and cfg.train.first_task.weight_decay < 0:
         raise ConfigError(f"{where}train.first_task.weight_decay: {short(cfg.train.first_task.weight_decay)} must be >= 0.")
+    start = cfg.train.warmup_from
+    if start is not None and (isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start <= 1):
+        raise ConfigError(f"{where}train.warmup_from: {short(start)} must be a factor in [0, 1] (or null).")
     if cfg.eval.few_shot > cfg.eval.many_shot:
         raise ConfigError(f"{where}eval.few_shot ({cfg.eval.few_shot}) must not exceed eval.many_shot.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

@@ -1,6 +1,7 @@
 """Batched augmentation on the training device: one kernel per op for the whole batch, no per-sample Python.
 
-Crop and flip run on uint8 (4x less memory traffic than float); colour jitter and resized crop on float.
+Crop, flip and AutoAugment run on uint8 (4x less memory traffic than float); colour jitter, resized crop and
+Cutout on float.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .autoaugment import auto_augment, cutout
 
 
 @dataclass
@@ -22,6 +25,8 @@ class AugmentSpec:
     jitter_prob: float = 1.0  # share of images whose colours are jittered
     grayscale: float = 0.0  # share of images turned grey
     resized_crop_padding: int = 0  # zero padding before the resized crop (FACIL: Pad(4), RandomResizedCrop(32))
+    autoaugment: str = "none"  # none | cifar10: AutoAugment's CIFAR-10 policy on uint8, after crop and flip
+    cutout: int = 0  # side of Cutout's square of zeros, last before normalising (0: off)
 
     @classmethod
     def contrastive(cls) -> "AugmentSpec":
@@ -33,7 +38,8 @@ class AugmentSpec:
     @classmethod
     def from_train_config(cls, train) -> "AugmentSpec":
         return cls(train.crop_padding, train.flip, train.color_jitter, train.resized_crop,
-                   tuple(float(v) for v in train.crop_scale), resized_crop_padding=train.resized_crop_padding)
+                   tuple(float(v) for v in train.crop_scale), resized_crop_padding=train.resized_crop_padding,
+                   autoaugment=getattr(train, "autoaugment", "none"), cutout=getattr(train, "cutout", 0))
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -131,11 +137,13 @@ def random_grayscale(x: torch.Tensor, prob: float, gen: torch.Generator) -> torc
 
 
 def augment_uint8(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
-    """Geometric augmentation that is exact on uint8 (crop, flip)."""
+    """Augmentation that is exact on uint8: crop, flip, then AutoAugment's policy."""
     if not spec.resized_crop:
         x = random_crop(x, spec.crop_padding, gen)
     if spec.flip:
         x = random_flip(x, gen)
+    if spec.autoaugment != "none":
+        x = auto_augment(x, gen, spec.autoaugment)
     return x
 
 
@@ -150,4 +158,5 @@ def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, size
         x = random_resized_crop(x, gen, scale=spec.crop_scale, size=size)
     if any(jitter_strengths(spec.color_jitter)) or spec.hue > 0:
         x = color_jitter(x, spec.color_jitter, gen, spec.hue, spec.jitter_prob)
-    return random_grayscale(x, spec.grayscale, gen)
+    x = random_grayscale(x, spec.grayscale, gen)
+    return cutout(x, spec.cutout, gen) if spec.cutout > 0 else x

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .augment import AugmentSpec, augment_float
+from .autoaugment import auto_augment
 from .base import Dataset
 from .loader import BatchSource, channel_stats
 from .stream import DecodePool, StreamedImages
@@ -104,10 +105,13 @@ class StreamData(BatchSource):
         y = self.labels[split].index_select(0, idx.to(self.device))
         parts = self._gather(split, idx, self.image_size, futures)
         rest = dataclasses.replace(augment, resized_crop=False, crop_padding=0, flip=False)
-        if rest.color_jitter in (0, 0.0) and not rest.hue and not rest.grayscale:  # nothing left but normalising
+        if (rest.color_jitter in (0, 0.0) and not rest.hue and not rest.grayscale and rest.autoaugment == "none"
+                and not rest.cutout):  # nothing left but normalising
             return self._normalized(parts), y
         images = np.concatenate(parts) if len(parts) > 1 else parts[0]
         x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
+        if rest.autoaugment != "none":
+            x = auto_augment(x.contiguous(), gen, rest.autoaugment)
         return self.finish(augment_float(x.float().div_(255), rest, gen)), y
 
     def index_batches(self, indices, batch_size, gen=None, shuffle=True, training=None, split=None, augment=None,

@@ -27,15 +27,19 @@ def build_optimizer(params, stage, lr: float, device: torch.device) -> torch.opt
 def lr_factor(stage, epoch: float, epochs: int) -> float:
     """Multiplier of the base lr at `epoch` (0-based; fractional inside an epoch when the schedule moves every
     step): linear warm-up, then constant / step (milestones in whole epochs) / cosine / quarter_cosine (CODA-Prompt's
-    released schedule: cos(0.495 pi e / (E - 1)), from the base lr down to 1.6% of it at the last epoch)."""
+    released schedule: cos(0.495 pi e / (E - 1)), from the base lr down to 1.6% of it at the last epoch) /
+    cosine_to_zero (the cosine reaching 0 at the last epoch: Balanced Softmax's CosineAnnealingLRWarmup, stepped
+    at each epoch's start). The warm-up goes (e+1)/(W+1), or linearly from `warmup_from` at epoch 0 towards 1 at
+    epoch W when that is set (Balanced Softmax's code: from its base lr 0.05 up to its warm-up lr 0.1)."""
     warm = stage.warmup_epochs
     if epoch < warm:
-        return (epoch + 1) / (warm + 1)
+        start = getattr(stage, "warmup_from", None)
+        return (epoch + 1) / (warm + 1) if start is None else start + (1 - start) * epoch / warm
     if stage.schedule == "step":
         return stage.gamma ** sum(int(epoch) >= m for m in stage.milestones)
-    if stage.schedule == "cosine":
-        span = max(epochs - warm, 1)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
+    if stage.schedule in ("cosine", "cosine_to_zero"):
+        span = max(epochs - warm - (stage.schedule == "cosine_to_zero"), 1)
+        return 0.5 * (1 + math.cos(math.pi * min(epoch - warm, span) / span))
     if stage.schedule == "quarter_cosine":
         span = max(epochs - warm - 1, 1)
         return math.cos(99 * math.pi * (epoch - warm) / (200 * span))
