@@ -62,7 +62,7 @@ def test_every_recipe_config_takes_its_parity_overrides(key):
         increment = 10 if rec.peer == "gvalign" else 5
         assert (cfg.scenario.initial, cfg.scenario.increment, cfg.memory.per_class) == (50, increment, 20)
         assert rec.peer_args[rec.peer_args.index("--tasks") + 1] == str(1 + 50 // increment)
-    elif rec.peer == "ldam-drw":  # plain long-tailed recognition: one task of the 100 classes, no memory
+    elif rec.peer in ("ldam-drw", "balms"):  # plain long-tailed recognition: one task of 100 classes, no memory
         assert cfg.scenario.increment == 0 and cfg.scenario.imbalance_factor == 100 and cfg.memory.size == 0
     else:
         assert cfg.scenario.initial == 10 and cfg.scenario.increment == 10 and cfg.memory.size in (0, 400, 2000)
@@ -433,6 +433,44 @@ def test_ldam_drw_parity_runs_the_same_lr_and_reweighting_epochs_on_both_sides(t
         module.adjust_learning_rate(types.SimpleNamespace(param_groups=[group]), epoch, types.SimpleNamespace(lr=0.1))
         assert group["lr"] == pytest.approx(0.1 * lr_factor(cfg.train, epoch, epochs)), epoch
         assert bool(reweighted[epoch]) == (epoch >= cfg.method["drw_epoch"]), epoch
+
+
+def _balms_lr(last_epoch: int, epochs: int, warmup: int, base: float = 0.05, peak: float = 0.1) -> float:
+    """Balanced Softmax's released CosineAnnealingLRWarmup (utils.py) for one param group at its base lr 0.05,
+    stepped at the start of 1-based epoch `last_epoch`: linear from 0.05 towards 0.1 below `warmup`, then a cosine
+    from 0.1 reaching 0 at epoch `epochs`."""
+    import math
+
+    if last_epoch < warmup:
+        return (peak - base) / (warmup - 1) * (last_epoch - 1) + base
+    return peak * (1 + math.cos(math.pi * (last_epoch - warmup) / (epochs - warmup))) / 2
+
+
+@pytest.mark.parametrize("epochs", [3, 6, 16, 591])
+def test_balms_parity_runs_the_released_lr_sequence_on_both_sides(tmp_path, epochs):
+    from ltcil.engine.optim import lr_factor
+
+    repo = tmp_path / "BalancedMetaSoftmax"
+    repo.mkdir()
+    (repo / "run_networks.py").write_text("")
+    for method, loss in (("balanced_softmax", "balanced_softmax"), ("softmax", "softmax")):
+        args = harness.parse_args(["--peer", "balms", "--repo", str(repo), "--peer-python", "py", "--methods", method,
+                                   "--epochs", str(epochs), "--tasks", "1", "--seed-list", "0",
+                                   "--out", str(tmp_path / "out")])
+        rec = args.recipes[0]
+        cmd = harness.peer_command(args, rec, 0, tmp_path / "r.json")
+        value = {k: cmd[i + 1] for i, k in enumerate(cmd[:-1]) if k.startswith("--")}
+        assert value["--loss"] == loss and int(value["--epochs"]) == epochs
+        warmup = int(value["--warmup"])
+        assert warmup == (37 if epochs == 591 else 2)  # the released 800 iterations of 22 batches; at least 2
+        cfg = load_config(rec.config, recipes.ltcil_overrides(rec, epochs=epochs, seed=0, tasks=1, data_root="/d"))
+        assert cfg.method["name"] == ("balanced_softmax" if loss == "balanced_softmax" else "finetune")
+        t = cfg.train
+        assert (t.batch_size, t.drop_last, t.autoaugment, t.cutout, t.weight_decay) == (512, True, "cifar10", 16, 5e-4)
+        assert cfg.scenario.longtail_images == "ldam_drw" and cfg.scenario.val_per_class == 0
+        ours = [t.lr * lr_factor(t, e, epochs) for e in range(epochs)]
+        assert ours == pytest.approx([_balms_lr(e + 1, epochs, warmup) for e in range(epochs)], abs=1e-12)
+        assert ours[-1] == pytest.approx(0.0, abs=1e-12)
 
 
 def _tiny_cifar100_archive(folder: Path, per_class: int) -> np.ndarray:

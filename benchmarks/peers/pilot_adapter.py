@@ -233,6 +233,8 @@ def main() -> None:
                    help="set keys of the method's exps/*.json (e.g. batchwise_prompt=false); a key the file does "
                         "not have is refused")
     p.add_argument("--out", type=Path)
+    p.add_argument("--save-models", type=Path, default=None,
+                   help="keep PILOT's network after each task as DIR/task_NNN.pt (its state dict, for shared_start.py)")
     args = p.parse_args()
 
     import torch
@@ -245,6 +247,8 @@ def main() -> None:
     repo, out_path = args.repo.resolve(), args.out.resolve()
     archive = (args.data / "cifar-100-python.tar.gz").resolve()
     weights = args.weights.resolve()
+    if args.save_models is not None:
+        args.save_models = args.save_models.resolve()  # before the chdir below
     work = out_path.parent / (out_path.stem + "_work")  # PILOT writes logs/ into the working folder
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
@@ -317,6 +321,9 @@ def main() -> None:
 
     def recording_eval_task(self, *a, **k):
         cnn, nme = eval_task(self, *a, **k)
+        if args.save_models is not None:  # the task's final network, its memory already chosen with it
+            args.save_models.mkdir(parents=True, exist_ok=True)
+            torch.save(self._network.state_dict(), args.save_models / f"task_{len(tasks):03d}.pt")
         tasks.append({"task": len(tasks), "cnn": float(cnn["top1"]),
                       "nme": None if nme is None else float(nme["top1"]), "seconds": time.perf_counter() - START})
         return cnn, nme

@@ -128,6 +128,15 @@ _ALL = _ALL + tuple(
            order_from_seed=False, peer_args=("--loss", loss, "--rule", rule))
     for method, config, loss, rule in (("ldam_drw", "ldam_drw_resnet32_cifar100lt_if100", "LDAM", "DRW"),
                                        ("ce", "ce_resnet32_cifar100lt_if100", "CE", "None")))
+# jiawei-ren/BalancedMetaSoftmax-Classification (benchmarks/peers/balms_adapter.py): its CIFAR-100-LT recipe (batch
+# 512, warm-up then a cosine to 0, AutoAugment + Cutout) at IF 100, Balanced Softmax and its softmax baseline; the
+# images LDAM-DRW's (the adapter seeds the reference's unseeded draw with 0), no validation, the whole test set
+_ALL = _ALL + tuple(
+    Recipe("balms", method, config, {"cnn": "logits"}, epoch_keys=("train.epochs",), extra=LT_RECOGNITION,
+           order_from_seed=False, peer_args=("--loss", method))
+    for method, config in (("balanced_softmax", "balanced_softmax_resnet32_cifar100lt_if100_balms"),
+                           ("softmax", "ce_resnet32_cifar100lt_if100_balms")))
+BALMS_MIN_WARMUP = 2  # its CosineAnnealingLRWarmup asserts a warm-up of at least 2 epochs
 # peers run through facil_adapter.py from a --repo checkout
 FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil", "gvalign")
 RECIPES: dict[tuple[str, str], Recipe] = {(r.peer, r.method): r for r in _ALL}
@@ -180,6 +189,8 @@ def short_schedule(rec: Recipe, epochs: int) -> dict:
     if train.warmup_epochs:  # ltcil warms up over its first W epochs ((e+1)/(W+1)); the LDAM-DRW code reaches the
         # base lr at 1-based epoch W+1 ((e+1)/(W+1) until then): the peer's epoch, scaled, and ltcil's one fewer
         peer_warmup = scale_milestones([train.warmup_epochs + 1], train.epochs, epochs)[0]
+        if rec.peer == "balms":  # its warm-up reaches the peak lr at 1-based epoch W (ltcil: 0-based W - 1)
+            peer_warmup = max(BALMS_MIN_WARMUP, peer_warmup)
         out["warmup"] = {"peer": peer_warmup, "ltcil": peer_warmup - 1}
     drw = load_config(rec.config).method.get("drw_epoch")
     if drw:

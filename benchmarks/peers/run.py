@@ -32,6 +32,7 @@ import recipes  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ADAPTERS = {"pycil": HERE / "pycil_adapter.py", "avalanche": HERE / "avalanche_adapter.py",
             "pilot": HERE / "pilot_adapter.py", "ldam-drw": HERE / "ldam_adapter.py",
+            "balms": HERE / "balms_adapter.py",
             **{peer: HERE / "facil_adapter.py" for peer in recipes.FACIL_PEERS}}
 
 
@@ -52,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pycil", type=Path, default=None, help="PyCIL checkout (--peer pycil)")
     p.add_argument("--repo", type=Path, default=None,
                    help="checkout of the FACIL-based peer (--peer " + " / ".join(recipes.FACIL_PEERS) + ") or of "
-                        "LAMDA-PILOT (--peer pilot) or of LDAM-DRW (--peer ldam-drw)")
+                        "LAMDA-PILOT (--peer pilot), of LDAM-DRW (--peer ldam-drw) or of "
+                        "BalancedMetaSoftmax-Classification (--peer balms)")
     p.add_argument("--vit-weights", type=Path, default=None,
                    help="--peer pilot: the shared random ViT both sides load (pilot_adapter.py --make-weights)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: all cores)")
@@ -60,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="scaled: the recipe's lr milestones at the same fractions of the short schedule, on both "
                         "sides (default); full: as written, so a short schedule runs at the initial lr")
     p.add_argument("--save-peer-models", action="store_true",
-                   help="PyCIL: keep its network after each task in --out/pycil_<run>_models/task_NNN.pt, for "
-                        "shared_start.py")
+                   help="keep the peer's network after each task in --out/<peer>_<run>_models/task_NNN.pt, for "
+                        "shared_start.py (PyCIL, the FACIL-based peers, LAMDA-PILOT)")
     p.add_argument("--only", choices=("both", "peer", "ltcil"), default="both")
     p.add_argument("--rerun", action="store_true", help="run again even where a result is stored")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -79,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--epochs: {args.epochs} must be >= 1")
     if args.train_per_class < 0:
         p.error(f"--train-per-class: {args.train_per_class} must be >= 0")
-    if args.train_per_class and args.peer in recipes.FACIL_PEERS + ("ldam-drw",):
+    if args.train_per_class and args.peer in recipes.FACIL_PEERS + ("ldam-drw", "balms"):
         p.error(f"--train-per-class: the {args.peer} adapter builds its own long-tailed subset of the archive")
     if args.tasks < 0 or args.tasks > 20:
         p.error(f"--tasks: {args.tasks} must be between 0 (all) and 20")
@@ -92,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("--peer-python: the python of the peer's venv is required to run the peer")
         if args.peer == "pycil" and (args.pycil is None or not (args.pycil / "main.py").exists()):
             p.error(f"--pycil: {args.pycil} is not a PyCIL checkout (no main.py there)")
+        if args.peer == "balms" and (args.repo is None or not (args.repo / "run_networks.py").exists()):
+            p.error(f"--repo: {args.repo} is not a BalancedMetaSoftmax-Classification checkout (no run_networks.py)")
         if args.peer == "ldam-drw" and (args.repo is None or not (args.repo / "cifar_train.py").exists()):
             p.error(f"--repo: {args.repo} is not an LDAM-DRW checkout (no cifar_train.py there)")
         if args.peer == "pilot" and (args.repo is None or not (args.repo / "main.py").exists()):
@@ -116,6 +120,12 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
         if rec.peer_epoch_args:
             cmd += ["--", *(x for arg in rec.peer_epoch_args for x in (arg, str(args.epochs)))]
         return cmd
+    if args.peer == "balms":  # one task: the released warm-up + cosine at --epochs
+        sched = recipes.short_schedule(rec, args.epochs)
+        cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--repo", str(args.repo or "REPO"),
+               *rec.peer_args, "--epochs", str(args.epochs), "--warmup", str(sched["warmup"]["peer"]),
+               "--seed", str(seed), "--data", str(args.data), "--out", str(out_json)]
+        return cmd + (["--threads", str(args.threads)] if args.threads else [])
     if args.peer == "ldam-drw":  # one task: the whole recipe's schedule shape at --epochs
         sched = recipes.short_schedule(rec, args.epochs)
         cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--repo", str(args.repo or "REPO"),
@@ -131,6 +141,8 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
         later = recipes.short_schedule(rec, args.epochs)["later"] if args.milestones == "scaled" else []
         if later:  # a stepped schedule (SLCA's): its milestones at the parity's epochs
             cmd += ["--milestones", *map(str, later)]
+        if args.save_peer_models:
+            cmd += ["--save-models", str(out_json.with_name(out_json.stem + "_models"))]
         return cmd + (["--threads", str(args.threads)] if args.threads else [])
     if args.peer == "pycil":
         cmd += ["--pycil", str(args.pycil)]
