@@ -9,7 +9,9 @@ same network: a gap that remains is made by the incremental training, not by whe
 folder is copied to --out without the checkpoints after the peer model's task; the model weights in that
 task's checkpoint are replaced by PyCIL's (matched entry by entry: PyCIL's resnet32 and ltcil's ResNet-32 with
 `backbone.shortcut=pad` hold the same tensors in the same order; so do a FACIL-based peer's LLL_Net, `model.*` then
-`heads.<t>.*`, saved by facil_adapter.py --save-models, and ltcil's ResNet-32 with 1x1-conv shortcuts), the replaced model is evaluated on the seen
+`heads.<t>.*`, saved by facil_adapter.py --save-models, and ltcil's ResNet-32 with 1x1-conv shortcuts; and LAMDA-PILOT's
+IncrementalNet, `backbone.*` then `fc.*`, saved by pilot_adapter.py --save-models, and ltcil's timm ViT with its
+linear head), the replaced model is evaluated on the seen
 classes' test images (it must give PyCIL's own accuracy), and `ltcil resume` trains the remaining tasks.
 For a method with exemplars (iCaRL) the peer model must be the first task's: the checkpoint's memory, chosen with
 ltcil's model, is emptied and chosen again with PyCIL's (herding on its features, then the class means), as the
