@@ -34,6 +34,18 @@ def test_lr_schedules():
     # warm-up from a given factor, and a cosine that reaches 0 at the last epoch (Balanced Softmax's code)
     balms = TrainConfig(schedule="cosine_to_zero", warmup_epochs=2, warmup_from=0.5)
     assert [lr_factor(balms, e, 6) for e in range(6)] == pytest.approx([0.5, 0.75, 1.0, 0.75, 0.25, 0.0])
+    # PyTorch's CosineAnnealingLR stepped before each epoch (Kang et al.'s classifier-balancing code)
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 5, eta_min=0.0)
+    released = []
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        released.append(opt.param_groups[0]["lr"])
+    skip = TrainConfig(schedule="cosine_skip_first")
+    assert [0.2 * lr_factor(skip, e, 5) for e in range(5)] == pytest.approx(released, abs=1e-12)
+    assert released[0] < 0.2 and released[-1] == pytest.approx(0.0, abs=1e-12)
     for bad in ("1.5", "-0.1", "yes"):
         with pytest.raises(ConfigError, match="train.warmup_from"):
             load_config(None, ["method.name=finetune", f"train.warmup_from={bad}"])

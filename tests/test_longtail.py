@@ -150,6 +150,17 @@ def test_tau_norm_without_validation_fails_before_training(tmp_path):
         run_tiny(tmp_path, "method.name=decoupled", "method.classifier=tau_norm")
 
 
+def test_tau_norm_with_one_fixed_tau_needs_no_validation(tmp_path):
+    results = run_tiny(tmp_path, "method.name=decoupled", "method.classifier=tau_norm", "method.taus=[1.0]",
+                       "method.stage2_schedule=cosine_skip_first", "method.lws_weight_decay=5e-4", *LT_TINY)
+    assert results["tau"] == 1.0 and "accuracy_tau_norm" in results and results["headline_classifier"] == "tau_norm"
+
+
+def test_bad_stage_two_schedule_is_named():
+    with pytest.raises(ConfigError, match="method.stage2_schedule: 'step'"):
+        Experiment(tiny_config("method.name=decoupled", "method.stage2_schedule=step"), "/tmp/never-used")
+
+
 def test_unknown_decoupled_classifier_is_named():
     with pytest.raises(ConfigError, match="method.classifier"):
         Experiment(tiny_config("method.name=decoupled", "method.classifier=crtt"), "/tmp/never-used")

@@ -1,6 +1,7 @@
 """The peer-parity harness's own logic (benchmarks/peers): recipe translation, records, the table and its
 verdicts, argument handling. No peer toolkit is needed or imported."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -471,6 +472,43 @@ def test_balms_parity_runs_the_released_lr_sequence_on_both_sides(tmp_path, epoc
         ours = [t.lr * lr_factor(t, e, epochs) for e in range(epochs)]
         assert ours == pytest.approx([_balms_lr(e + 1, epochs, warmup) for e in range(epochs)], abs=1e-12)
         assert ours[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_balms_decoupled_parity_runs_kangs_stage_two_on_both_sides(tmp_path):
+    import torch
+
+    from ltcil.engine.optim import lr_factor
+
+    repo = tmp_path / "BalancedMetaSoftmax"
+    repo.mkdir()
+    (repo / "run_networks.py").write_text("")
+    args = harness.parse_args(["--peer", "balms", "--repo", str(repo), "--peer-python", "py", "--methods",
+                               "decoupled", "--epochs", "6", "--tasks", "1", "--seed-list", "0",
+                               "--out", str(tmp_path / "out")])
+    rec = args.recipes[0]
+    cmd = harness.peer_command(args, rec, 0, tmp_path / "r.json")
+    value = {k: cmd[i + 1] for i, k in enumerate(cmd[:-1]) if k.startswith("--")}
+    assert "--decouple" in cmd and value["--loss"] == "softmax"
+    assert (value["--epochs"], value["--crt-epochs"], value["--lws-epochs"]) == ("6", "6", "6")
+    cfg = load_config(rec.config, recipes.ltcil_overrides(rec, epochs=6, seed=0, tasks=1, data_root="/d"))
+    m = cfg.method
+    assert (m["name"], m["sampler"], m["epochs"], m["lws_epochs"], m["taus"]) == ("decoupled", "class_balanced", 6,
+                                                                                   6, [1.0])
+    assert (m["lr"], m["lws_lr"], m["weight_decay"], m["lws_weight_decay"], m["batch_size"]) == (0.2, 0.2, 5e-4,
+                                                                                                 5e-4, 512)
+    assert m["stage2_features"] == "augmented" and cfg.scenario.val_per_class == 0
+    assert set(rec.classifiers.values()) == {"ce", "crt", "lws", "tau_norm"}
+    # stage 2's lr per epoch: the released run_networks.train steps CosineAnnealingLR(T=epochs, eta_min=0) before
+    # each epoch's batches
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 6, eta_min=0.0)
+    released = []
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        released.append(opt.param_groups[0]["lr"])
+    stage = dataclasses.replace(cfg.train, schedule=m["stage2_schedule"], warmup_epochs=0)
+    assert [m["lr"] * lr_factor(stage, e, 6) for e in range(6)] == pytest.approx(released, abs=1e-12)
 
 
 def _tiny_cifar100_archive(folder: Path, per_class: int) -> np.ndarray:

@@ -90,6 +90,20 @@ def patch_cifar(archive: Path, index_images: bool = False) -> None:
     torchvision.datasets.CIFAR100.__init__ = init
 
 
+def checkout_commit(repo: Path):
+    """The commit a git checkout is at (HEAD followed through a branch ref; None outside git)."""
+    head = repo / ".git" / "HEAD"
+    if not head.exists():
+        return None
+    ref = head.read_text().strip()
+    ref_file = repo / ".git" / ref[5:] if ref.startswith("ref: ") else None
+    if ref_file is not None and not ref_file.exists():  # a packed ref
+        packed = repo / ".git" / "packed-refs"
+        lines = packed.read_text().splitlines() if packed.exists() else []
+        return next((line.split()[0] for line in lines if line.endswith(" " + ref[5:])), ref)
+    return ref_file.read_text().strip() if ref_file is not None else ref
+
+
 def patch_torch() -> None:
     import torch
     import torch.nn.functional as F
@@ -247,12 +261,8 @@ def main() -> None:
         for f in sorted(Path(exp_path).glob("models/task*.ckpt")):
             t = int(f.stem.replace("task", ""))
             shutil.copy(f, a.save_models / f"task_{t:03d}.pt")
-    commit = None
-    head = repo / ".git" / "HEAD"
-    if head.exists():
-        commit = head.read_text().strip()
     out_path.write_text(json.dumps({"repo": str(repo), "approach": a.approach, "scenario": a.scenario,
-                                    "seed": a.seed, "tasks": steps, "commit": commit,
+                                    "seed": a.seed, "tasks": steps, "commit": checkout_commit(repo),
                                     "seconds": time.perf_counter() - START}))
     shutil.rmtree(work, ignore_errors=True)
 

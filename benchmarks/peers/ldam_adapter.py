@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from facil_adapter import patch_cifar  # noqa: E402  (the same archive reader, no ltcil import)
+from facil_adapter import checkout_commit, patch_cifar  # noqa: E402  (the same archive reader, no ltcil import)
 
 START = time.perf_counter()
 DRW_SWITCH = "epoch // 160"  # main_worker's DRW index (betas [0, 0.9999] switched at epoch 160 of 200)
@@ -167,7 +167,7 @@ def main() -> None:
               "tasks": [{"cnn": seen["top1"][-1]}], "top1_per_epoch": seen["top1"], "best_top1": max(seen["top1"]),
               "per_class": [float(100 * v) for v in per_class],
               "groups": {k: float(100 * per_class[np.asarray(m)].mean()) for k, m in groups.items()},
-              "commit": (repo / ".git" / "HEAD").read_text().strip() if (repo / ".git" / "HEAD").exists() else None,
+              "commit": checkout_commit(repo),
               "seconds": time.perf_counter() - START}
     out_path.write_text(json.dumps(result))
 

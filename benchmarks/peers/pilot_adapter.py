@@ -253,6 +253,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
     sys.path.insert(0, str(HERE))
+    from facil_adapter import checkout_commit
     from pycil_adapter import read_cifar100  # the same arrays the PyCIL pairs read
 
     sys.path.insert(0, str(repo))
@@ -357,7 +358,7 @@ def main() -> None:
         exp[key] = json.loads(value)
     pilot_trainer.train(exp)
 
-    result = {"toolkit": "lamda-pilot", "commit": _commit(repo), "method": args.method, "seed": args.seed,
+    result = {"toolkit": "lamda-pilot", "commit": checkout_commit(repo), "method": args.method, "seed": args.seed,
               "tasks": tasks, "wall_s": time.perf_counter() - START, "threads": torch.get_num_threads(),
               "torch": torch.__version__}
     out_path.write_text(json.dumps(result, indent=1))
@@ -403,15 +404,6 @@ def _timm_layer_aliases() -> None:
 
     for name in ("weight_init", "helpers"):
         sys.modules.setdefault(f"timm.models.layers.{name}", importlib.import_module(f"timm.layers.{name}"))
-
-
-def _commit(repo: Path):
-    head = repo / ".git" / "HEAD"
-    if not head.exists():
-        return None
-    ref = head.read_text().strip()
-    ref_file = repo / ".git" / ref[5:] if ref.startswith("ref: ") else None
-    return ref_file.read_text().strip() if ref_file and ref_file.exists() else ref
 
 
 if __name__ == "__main__":

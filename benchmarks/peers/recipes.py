@@ -136,6 +136,15 @@ _ALL = _ALL + tuple(
            order_from_seed=False, peer_args=("--loss", method))
     for method, config in (("balanced_softmax", "balanced_softmax_resnet32_cifar100lt_if100_balms"),
                            ("softmax", "ce_resnet32_cifar100lt_if100_balms")))
+# Kang et al.'s decoupled stage 2 from the same code base (it forks facebookresearch/classifier-balancing): the
+# softmax stage 1 above, then cRT and LWS for the parity's epochs each, tau-norm compared at tau = 1 (the reference
+# prints its test accuracy at every tau and selects none; ltcil's recipe chooses on validation, which the parity
+# has none of)
+_ALL = _ALL + (Recipe("balms", "decoupled", "decoupled_resnet32_cifar100lt_if100_balms",
+                      {"cnn": "ce", "crt": "crt", "lws": "lws", "tau_norm": "tau_norm"},
+                      epoch_keys=("train.epochs", "method.epochs", "method.lws_epochs"),
+                      extra=(*LT_RECOGNITION, "method.taus=[1.0]"), order_from_seed=False,
+                      peer_args=("--loss", "softmax", "--decouple")),)
 BALMS_MIN_WARMUP = 2  # its CosineAnnealingLRWarmup asserts a warm-up of at least 2 epochs
 # peers run through facil_adapter.py from a --repo checkout
 FACIL_PEERS = ("imbalanced-cil", "long-tailed-cil", "gvalign")

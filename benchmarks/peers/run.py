@@ -125,6 +125,8 @@ def peer_command(args, rec: recipes.Recipe, seed: int, out_json: Path) -> list[s
         cmd = [args.peer_python or "PEER_PYTHON", str(ADAPTERS[args.peer]), "--repo", str(args.repo or "REPO"),
                *rec.peer_args, "--epochs", str(args.epochs), "--warmup", str(sched["warmup"]["peer"]),
                "--seed", str(seed), "--data", str(args.data), "--out", str(out_json)]
+        if "--decouple" in rec.peer_args:  # cRT and LWS train for the parity's epochs too
+            cmd += ["--crt-epochs", str(args.epochs), "--lws-epochs", str(args.epochs)]
         return cmd + (["--threads", str(args.threads)] if args.threads else [])
     if args.peer == "ldam-drw":  # one task: the whole recipe's schedule shape at --epochs
         sched = recipes.short_schedule(rec, args.epochs)

@@ -143,7 +143,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # constant | step | cosine | quarter_cosine (CODA-Prompt's) | cosine_to_zero (the
-    # last epoch at lr 0: Balanced Softmax's code); engine/optim.py
+    # last epoch at lr 0: Balanced Softmax's code) | cosine_skip_first (stepped before each epoch: Kang et al.'s
+    # classifier-balancing code); engine/optim.py
     milestones: list = field(default_factory=list)  # step schedule: epochs where lr is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: int = 0  # linear warm-up before the schedule
@@ -245,7 +246,7 @@ _CHOICES = {
     "scenario.val_rule": ("per_class", "facil"),
     "memory.selection": ("herding", "random", "closest"),
     "train.optimizer": ("sgd", "adam", "adamw"),
-    "train.schedule": ("constant", "step", "cosine", "quarter_cosine", "cosine_to_zero"),
+    "train.schedule": ("constant", "step", "cosine", "quarter_cosine", "cosine_to_zero", "cosine_skip_first"),
     "train.schedule_unit": ("step", "epoch"),
     "train.sampler": ("instance", "class_balanced", "sqrt"),
     "train.loss": ("ce", "balanced_softmax", "class_balanced"),
@@ -269,7 +270,8 @@ _NON_NEGATIVE = {
     "train.first_task.epochs", "train.first_task.batch_size", "train.lr", "train.first_task.lr", "train.momentum",
     "train.weight_decay",
     "train.warmup_epochs", "train.crop_padding", "train.resized_crop_padding", "train.cutout",
-    "train.checkpoint_minutes", "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images", "scenario.seed", "seed",
+    "train.checkpoint_minutes", "train.threads", "data.image_size", "data.pack_side", "data.max_bad_images",
+    "scenario.seed", "seed",
     "eval.few_shot",
     "eval.many_shot", "two_stage.lr", "two_stage.batch_size", "two_stage.scale_lr_factor",
     "backbone.patch_size", "backbone.input_size",

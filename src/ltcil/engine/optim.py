@@ -29,7 +29,9 @@ def lr_factor(stage, epoch: float, epochs: int) -> float:
     step): linear warm-up, then constant / step (milestones in whole epochs) / cosine / quarter_cosine (CODA-Prompt's
     released schedule: cos(0.495 pi e / (E - 1)), from the base lr down to 1.6% of it at the last epoch) /
     cosine_to_zero (the cosine reaching 0 at the last epoch: Balanced Softmax's CosineAnnealingLRWarmup, stepped
-    at each epoch's start). The warm-up goes (e+1)/(W+1), or linearly from `warmup_from` at epoch 0 towards 1 at
+    at each epoch's start) / cosine_skip_first (PyTorch's CosineAnnealingLR over E epochs stepped before each
+    epoch, as Kang et al.'s classifier-balancing code does: epoch e at the cosine's value for e + 1, so the first
+    epoch is already below the base lr and the last is at 0). The warm-up goes (e+1)/(W+1), or linearly from `warmup_from` at epoch 0 towards 1 at
     epoch W when that is set (Balanced Softmax's code: from its base lr 0.05 up to its warm-up lr 0.1)."""
     warm = stage.warmup_epochs
     if epoch < warm:
@@ -40,6 +42,9 @@ def lr_factor(stage, epoch: float, epochs: int) -> float:
     if stage.schedule in ("cosine", "cosine_to_zero"):
         span = max(epochs - warm - (stage.schedule == "cosine_to_zero"), 1)
         return 0.5 * (1 + math.cos(math.pi * min(epoch - warm, span) / span))
+    if stage.schedule == "cosine_skip_first":
+        span = max(epochs - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(epoch + 1 - warm, span) / span))
     if stage.schedule == "quarter_cosine":
         span = max(epochs - warm - 1, 1)
         return math.cos(99 * math.pi * (epoch - warm) / (200 * span))

@@ -45,8 +45,11 @@ class DecoupledOptions:
     batch_size: int = 512
     lws_epochs: int = 5  # LWS, same code base: 5 epochs, lr 0.2
     lws_lr: float = 0.2
-    taus: list = dataclasses.field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])  # 0..2
+    lws_weight_decay: float = 0.0  # the released code decays the scales with the classifier's 5e-4
+    taus: list = dataclasses.field(default_factory=lambda: [round(0.1 * i, 1) for i in range(21)])  # 0..2;
+    # one value: that tau, no selection (needs no validation split)
     stage2_features: str = "augmented"  # augmented (the released code's stage-2 loader) | cached (fast)
+    stage2_schedule: str = "cosine"  # constant | cosine | cosine_to_zero | cosine_skip_first (the released code's)
 
 
 def tau_normalized_logits(features: torch.Tensor, weight: torch.Tensor, tau: float) -> torch.Tensor:
@@ -70,6 +73,10 @@ class Decoupled(ReplayMethod):
                               f"{', '.join(STAGE2_FEATURES)}.")
         if not options.taus or min(options.taus) < 0:
             raise ConfigError(f"method.taus must be a non-empty list of values >= 0, got {options.taus}.")
+        schedules = ("constant", "cosine", "cosine_to_zero", "cosine_skip_first")
+        if options.stage2_schedule not in schedules:
+            raise ConfigError(f"method.stage2_schedule: {options.stage2_schedule!r} is not one of "
+                              f"{', '.join(schedules)}.")
 
     def __init__(self, model, options, cfg, device, **kwargs):
         super().__init__(model, options, cfg, device, **kwargs)
@@ -80,20 +87,21 @@ class Decoupled(ReplayMethod):
 
     def begin_task(self, task, ctx):
         has_val = sum(len(t.val_indices) for t in ctx.scenario.tasks) > 0
-        if self.options.classifier == "tau_norm" and not has_val:
+        if self.options.classifier == "tau_norm" and len(self.options.taus) > 1 and not has_val:
             raise ConfigError(
                 "method.classifier=tau_norm chooses tau on a validation split, and this scenario has none: set "
-                "scenario.val_fraction (or scenario.val_per_class), or use a dataset with its own validation split."
+                "scenario.val_fraction (or scenario.val_per_class), use a dataset with its own validation split, or "
+                "fix one tau (method.taus=[1.0])."
             )
         super().begin_task(task, ctx)
 
     def end_task(self, task, ctx):
         augmented = self.options.stage2_features == "augmented"
         data = ctx.frozen_stage(self.model, ctx.train_indices, augmented)  # what stage 1 trained on
-        settings = dict(optimizer="sgd", momentum=0.9, schedule="cosine", warmup_epochs=0,
+        settings = dict(optimizer="sgd", momentum=0.9, schedule=self.options.stage2_schedule, warmup_epochs=0,
                         batch_size=self.options.batch_size, sampler=self.options.sampler)
         self._fit_crt(ctx, data, ctx.stage(weight_decay=self.options.weight_decay, **settings), augmented)
-        self._fit_lws(ctx, data, ctx.stage(weight_decay=0.0, **settings), augmented)
+        self._fit_lws(ctx, data, ctx.stage(weight_decay=self.options.lws_weight_decay, **settings), augmented)
         self._choose_tau(task, ctx)
         super().end_task(task, ctx)  # memory update last: stage 2 used the task's training set
 
@@ -125,7 +133,12 @@ class Decoupled(ReplayMethod):
         self.lws_scales = scales.detach()
 
     def _choose_tau(self, task, ctx):
-        """Pick tau by mean class accuracy on the validation images of the classes seen so far."""
+        """Pick tau by mean class accuracy on the validation images of the classes seen so far (one tau given:
+        that one)."""
+        if len(self.options.taus) == 1:
+            self.tau = float(self.options.taus[0])
+            ctx.events.write({"event": "tau_norm", "task": task.index, "tau": self.tau, "chosen": "fixed"})
+            return
         val = np.concatenate([t.val_indices for t in ctx.scenario.tasks[: task.index + 1]])
         if len(val) == 0:
             self.tau = None
