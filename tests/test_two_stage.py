@@ -38,9 +38,9 @@ class FlatBackbone(nn.Module):
 class CachedContext(TaskContext):
     """A task context whose 'images' are the feature vectors themselves."""
 
-    def features(self, model, indices, split="train", batch_size=None):
+    def features(self, model, indices, split="train", batch_size=None, embed=None):
         with torch.no_grad():
-            return model.forward_features(self.x[indices]), self.y[indices]
+            return (embed or model.forward_features)(self.x[indices]), self.y[indices]
 
 
 def recall(model, scales, x, y, c):
@@ -141,3 +141,35 @@ def test_two_stage_refuses_a_method_without_a_linear_head_or_without_memory(tmp_
         Experiment(tiny_config("method.name=lwf", "two_stage.enabled=true"), tmp_path)
     with pytest.raises(ConfigError, match="two_stage.head"):
         tiny_config("two_stage.head=old")
+
+
+def test_two_stage_on_augmented_images_runs_the_frozen_backbone_at_every_step(tmp_path):
+    # two_stage.features=augmented: the authors' loader (augmented images through the frozen backbone), the
+    # backbone left as it was, BatchNorm statistics included
+    from ltcil.plugins.two_stage import CLASSIFIER
+
+    cfg = tiny_config("method.name=icarl", "two_stage.enabled=true", "two_stage.epochs=2",
+                      "two_stage.features=augmented", "scenario.max_tasks=2")
+    exp = Experiment(cfg, tmp_path / "run")
+    stage = next(p for p in exp.plugins if p.name == CLASSIFIER)
+    model, fit = exp.method.model, stage.fit
+    seen = {"images": 0, "on": False, "stage_images": 0}
+    forward_features = model.forward_features
+
+    def counted(x):
+        seen["images"] += len(x) if seen["on"] else 0
+        return forward_features(x)
+
+    def recorded_fit(method, indices, ctx):
+        before = {k: v.clone() for k, v in method.model.backbone.state_dict().items()}
+        seen["on"], seen["stage_images"] = True, seen["stage_images"] + len(indices)
+        fit(method, indices, ctx)
+        seen["on"] = False
+        after = method.model.backbone.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in after)
+
+    model.forward_features = counted
+    stage.fit = recorded_fit
+    results = exp.run()
+    assert results["headline_classifier"] == CLASSIFIER and stage.scales is not None
+    assert seen["images"] >= 2 * 0.9 * seen["stage_images"]  # every epoch embeds the images again (cached: once)

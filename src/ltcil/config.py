@@ -201,6 +201,8 @@ class TwoStageConfig:
     batch_size: int = 0  # 0: train.batch_size
     sampler: str = "class_balanced"  # class_balanced | sqrt | instance
     head: str = "new"  # new: the task's own rows (their LUCIR/PODNet code) | all | none: only the scales
+    features: str = "cached"  # cached: un-augmented features computed once per task (fast) | augmented: the
+    # training augmentation through the frozen backbone at every step (their code's loader)
 
 
 @dataclass
@@ -259,6 +261,7 @@ _CHOICES = {
     "two_stage.sampler": ("instance", "class_balanced", "sqrt"),
     "gvalign.variant": ("pooled", "released"),
     "two_stage.head": ("new", "all", "none"),
+    "two_stage.features": ("cached", "augmented"),
     "log.report": ("auto", "always", "never"),
     "eval.shot_split": ("absolute", "quantile"),
     "data.storage": ("auto", "memory", "stream"),

@@ -10,8 +10,9 @@ class's scale trained.
 The fine-tuned rows stay in the network for the next task, as there; the scales only enter predictions.
 The scaled head is reported as the classifier "two_stage", the run's headline unless eval.headline says otherwise.
 
-Stage 2 trains on features of the un-augmented images cached once per task (the authors' code feeds
-augmented images through the frozen backbone), so an epoch costs a matrix product.
+Stage 2 trains on features of the un-augmented images cached once per task, so an epoch costs a matrix product
+(`two_stage.features: cached`), or, as the authors' code does, on augmented images fed through the frozen
+backbone at every step (`augmented`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class TwoStage(Plugin):
     def fit(self, method, indices: np.ndarray, ctx) -> None:
         opts, train = self.cfg.two_stage, self.cfg.train
         model, head = method.model, method.model.head
-        feats, labels = ctx.features(model, indices)
+        augmented = opts.features == "augmented"
+        trainer, positions, featurize = ctx.frozen_stage(model, indices, augmented)
         n = model.num_classes
         scales = torch.ones(n, device=ctx.device)
         if self.scales is not None:
@@ -75,16 +77,16 @@ class TwoStage(Plugin):
                           batch_size=opts.batch_size or train.batch_size,
                           weight_decay=train.weight_decay if opts.weight_decay is None else opts.weight_decay)
 
-        def step(f, y):
+        def step(x, y):
             if fixed:  # old rows stay as they were in every forward (the optimiser's last update is undone)
                 with torch.no_grad():
                     for name in ("weight", "bias"):
                         if fixed.get(name) is not None:
                             getattr(head, name)[:old] = fixed[name][:old]
-            return {"loss": F.cross_entropy(head(f) * scales, y)}
+            return {"loss": F.cross_entropy(head(featurize(x)) * scales, y)}
 
-        ctx.fit(step, groups, np.arange(len(labels)), stage, epochs=opts.epochs, lr=opts.lr or train.lr,
-                name=CLASSIFIER, augment=False, modules=[head], features=(feats, labels))
+        ctx.fit(step, groups, positions, stage, epochs=opts.epochs, lr=opts.lr or train.lr, name=CLASSIFIER,
+                augment=augmented, modules=[head], trainer=trainer)
         with torch.no_grad():  # undo the last update of the old rows too; a cosine head's sigma learns
             for name in ("weight", "bias"):
                 if fixed.get(name) is not None:
