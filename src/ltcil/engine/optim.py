@@ -31,8 +31,9 @@ def lr_factor(stage, epoch: float, epochs: int) -> float:
     cosine_to_zero (the cosine reaching 0 at the last epoch: Balanced Softmax's CosineAnnealingLRWarmup, stepped
     at each epoch's start) / cosine_skip_first (PyTorch's CosineAnnealingLR over E epochs stepped before each
     epoch, as Kang et al.'s classifier-balancing code does: epoch e at the cosine's value for e + 1, so the first
-    epoch is already below the base lr and the last is at 0). The warm-up goes (e+1)/(W+1), or linearly from `warmup_from` at epoch 0 towards 1 at
-    epoch W when that is set (Balanced Softmax's code: from its base lr 0.05 up to its warm-up lr 0.1)."""
+    epoch is already below the base lr and the last is at 0). The warm-up goes (e+1)/(W+1), or linearly from
+    `warmup_from` at epoch 0 towards 1 at epoch W when that is set (Balanced Softmax's code: from its base lr 0.05
+    up to its warm-up lr 0.1)."""
     warm = stage.warmup_epochs
     if epoch < warm:
         start = getattr(stage, "warmup_from", None)
