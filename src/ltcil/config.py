@@ -160,6 +160,9 @@ class TrainConfig:
     crop_scale: list = field(default_factory=lambda: [0.35, 1.0])  # area range of the resized crop (ImageNet: 0.08-1)
     resized_crop_padding: int = 0  # zero padding added before the resized crop (FACIL-based code, e.g.
     # Long-Tailed-CIL and DGR on CIFAR: Pad(4) then RandomResizedCrop(32) with scale 0.08-1); in-memory data only
+    resized_crop_style: str = "affine"  # affine: a continuous box (sides clamped to the image) resampled by one
+    # bilinear grid_sample | torchvision: torchvision's RandomResizedCrop on PIL images (integer box, up to ten
+    # tries, Pillow's antialiased bilinear resize rounded to 8 bits), as the FACIL-based reference code crops
     autoaugment: str = "none"  # none | cifar10: AutoAugment's CIFAR-10 policy after crop and flip (Cubuk et al.
     # 2019; the CIFAR-LT recipe of Balanced Softmax's code, with cutout: 16)
     cutout: int = 0  # Cutout (DeVries & Taylor 2017): a square of zeros of this side per image, before normalising
@@ -266,6 +269,7 @@ _CHOICES = {
     "eval.shot_split": ("absolute", "quantile"),
     "data.storage": ("auto", "memory", "stream"),
     "train.autoaugment": ("none", "cifar10"),
+    "train.resized_crop_style": ("affine", "torchvision"),
 }
 
 _NON_NEGATIVE = {

@@ -6,6 +6,7 @@ Cutout on float.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ class AugmentSpec:
     resized_crop_padding: int = 0  # zero padding before the resized crop (FACIL: Pad(4), RandomResizedCrop(32))
     autoaugment: str = "none"  # none | cifar10: AutoAugment's CIFAR-10 policy on uint8, after crop and flip
     cutout: int = 0  # side of Cutout's square of zeros, last before normalising (0: off)
+    resized_crop_style: str = "affine"  # affine: continuous box, one grid_sample | torchvision: as
+    # torchvision's RandomResizedCrop on a PIL image (integer box by up to ten tries, Pillow's bilinear resize)
 
     @classmethod
     def contrastive(cls) -> "AugmentSpec":
@@ -39,7 +42,8 @@ class AugmentSpec:
     def from_train_config(cls, train) -> "AugmentSpec":
         return cls(train.crop_padding, train.flip, train.color_jitter, train.resized_crop,
                    tuple(float(v) for v in train.crop_scale), resized_crop_padding=train.resized_crop_padding,
-                   autoaugment=getattr(train, "autoaugment", "none"), cutout=getattr(train, "cutout", 0))
+                   autoaugment=getattr(train, "autoaugment", "none"), cutout=getattr(train, "cutout", 0),
+                   resized_crop_style=getattr(train, "resized_crop_style", "affine"))
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
@@ -79,6 +83,77 @@ def random_resized_crop(
     shape = list(x.shape[:2]) + ([size, size] if size else list(x.shape[2:]))
     grid = F.affine_grid(theta, shape, align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def torchvision_crop_boxes(b: int, height: int, width: int, gen: torch.Generator, scale=(0.08, 1.0),
+                           ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """(B, 4) integer boxes (top, left, height, width) drawn as torchvision's RandomResizedCrop.get_params draws
+    one (Szegedy et al. 2015; decode.crop_box is the per-image form): area in `scale`, log-uniform aspect in
+    `ratio`, sides rounded, the first of ten tries that fits, else the largest centred crop within `ratio`."""
+    r = torch.rand(b, 10, 2, generator=gen, device=gen.device, dtype=torch.float64).cpu()
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * r[..., 0])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * r[..., 1])
+    w, h = torch.round(torch.sqrt(area * aspect)), torch.round(torch.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1)  # the first try that fits
+    rows = torch.arange(b)
+    w, h = w[rows, first], h[rows, first]
+    if width / height < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif width / height > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    ok = fits.any(1)
+    w, h = torch.where(ok, w, float(fw)), torch.where(ok, h, float(fh))
+    pos = torch.rand(b, 2, generator=gen, device=gen.device, dtype=torch.float64).cpu()
+    top = torch.where(ok, torch.floor(pos[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+    left = torch.where(ok, torch.floor(pos[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+    return torch.stack([top, left, h, w], 1).long()
+
+
+def pil_bilinear_weights(start: torch.Tensor, length: torch.Tensor, size: int, out: int) -> torch.Tensor:
+    """(B, out, size) rows that resample the window [start, start + length) of an axis of `size` pixels to `out`
+    pixels as Pillow's bilinear resize of the cropped image does (Resample.c, precompute_coeffs): the triangle
+    filter widened by the shrink factor (antialiasing), taps from round(centre -+ support) within the window,
+    normalised to sum 1."""
+    length = length.double()
+    step = length / out
+    stretch = step.clamp(min=1.0)  # filter scale and support (the bilinear filter's support is 1)
+    centre = (torch.arange(out, dtype=torch.float64) + 0.5)[None] * step[:, None]  # in window coordinates
+    lo = torch.trunc(centre - stretch[:, None] + 0.5).clamp(min=0)
+    hi = torch.minimum(torch.trunc(centre + stretch[:, None] + 0.5), length[:, None])
+    pos = torch.arange(size, dtype=torch.float64)[None, None] - start.double()[:, None, None]
+    w = (1 - ((pos - centre[..., None] + 0.5) / stretch[:, None, None]).abs()).clamp(min=0)
+    w = w * ((pos >= lo[..., None]) & (pos < hi[..., None]))
+    return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+PIL_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling (Resample.c: 32 - 8 - 2)
+
+
+def _pil_pass(pixels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One resampling pass as Pillow computes it on 8-bit pixels: weights in fixed point, sums rounded half up and
+    clipped to 0..255. `pixels`: integer values as float64 (exact: every sum stays far below 2^53)."""
+    fixed = torch.floor(weights * 2**PIL_BITS + 0.5)
+    return torch.floor((torch.matmul(pixels, fixed) + 2 ** (PIL_BITS - 1)) / 2**PIL_BITS).clamp(0, 255)
+
+
+def torchvision_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                             size: int | None = None) -> torch.Tensor:
+    """torchvision's RandomResizedCrop on PIL images, batched: each image's box from torchvision_crop_boxes, then
+    Pillow's two bilinear passes (horizontal, then vertical) in its fixed-point arithmetic, each rounded to 8 bits.
+    x: floats in [0, 1] on the 8-bit grid (uint8 / 255). Two batched matmuls instead of a per-image resize."""
+    b, _, height, width = x.shape
+    size = size or width
+    box = torchvision_crop_boxes(b, height, width, gen, scale, ratio)
+    wy = pil_bilinear_weights(box[:, 0], box[:, 2], height, size).to(x.device)  # (B, size, H)
+    wx = pil_bilinear_weights(box[:, 1], box[:, 3], width, size).to(x.device)  # (B, size, W)
+    pixels = torch.round(x.double() * 255)
+    rows = _pil_pass(pixels, wx.transpose(1, 2)[:, None])  # (B, C, H, size)
+    out = _pil_pass(rows.transpose(2, 3), wy.transpose(1, 2)[:, None]).transpose(2, 3)  # (B, C, size, size)
+    return (out / 255).to(x.dtype)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +230,8 @@ def augment_float(x: torch.Tensor, spec: AugmentSpec, gen: torch.Generator, size
         if pad > 0:  # the crop is drawn from the padded image and resized back to the input's size
             size = size or x.shape[-1]
             x = F.pad(x, (pad, pad, pad, pad))
-        x = random_resized_crop(x, gen, scale=spec.crop_scale, size=size)
+        crop = torchvision_resized_crop if spec.resized_crop_style == "torchvision" else random_resized_crop
+        x = crop(x, gen, scale=spec.crop_scale, size=size)
     if any(jitter_strengths(spec.color_jitter)) or spec.hue > 0:
         x = color_jitter(x, spec.color_jitter, gen, spec.hue, spec.jitter_prob)
     x = random_grayscale(x, spec.grayscale, gen)
