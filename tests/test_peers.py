@@ -567,3 +567,30 @@ def test_harness_trains_both_sides_on_the_subset(tmp_path, capsys):
     with pytest.raises(SystemExit):
         harness.parse_args(["--peer", "long-tailed-cil", "--only", "ltcil", "--train-per-class", "5",
                             "--out", str(tmp_path)])
+
+
+def test_shared_start_continues_from_the_given_model_with_set_config_changes(tmp_path):
+    """shared_start.py end to end on digits: ltcil's own first model stands in for the peer's; --set changes the
+    later tasks' config (folder and checkpoint alike, or resume would refuse), a wrong key is named first."""
+    import subprocess
+
+    import torch
+
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "ltcil", "run", "quickstart_digits", "method.name=finetune", "memory.size=0",
+            "train.epochs=1", "scenario.max_tasks=2", "log.report=never", "train.progress=false", "train.threads=1"]
+    subprocess.run([*base, "--out", str(run), "--quiet"], check=True, capture_output=True)
+    peer = tmp_path / "task_000.pt"
+    torch.save(torch.load(run / "checkpoints" / "task_000.pt", weights_only=True)["method"]["model"], peer)
+    script = [sys.executable, str(PEERS / "shared_start.py"), "--peer-model", str(peer), "--ltcil-run", str(run)]
+    bad = subprocess.run([*script, "--out", str(tmp_path / "bad"), "--set", "train.crop_style=x"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "train.crop_style" in bad.stderr and not (tmp_path / "bad").exists()
+    done = subprocess.run([*script, "--out", str(tmp_path / "shared"), "--set", "train.lr=0.002"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_config(tmp_path / "shared" / "config.yaml").train.lr == 0.002
+    results = json.loads((tmp_path / "shared" / "results.json").read_text())
+    own = json.loads((run / "results.json").read_text())
+    assert results["accuracy"][0] == own["accuracy"][0]  # the same first model
+    assert len(results["accuracy"]) == 2

@@ -5,6 +5,9 @@ same network: a gap that remains is made by the incremental training, not by whe
     python benchmarks/peers/shared_start.py --peer-model runs/pycil_models/task_000.pt \
         --ltcil-run runs/parity_pycil/ltcil_pycil_lwf_s1_e5_t4_ms --out runs/shared_lwf_s1
 
+--set KEY=VALUE ... changes the config of the tasks trained after the shared start (a diagnostic: does a setting
+make the remaining gap?), e.g. `--set train.resized_crop_style=torchvision`.
+
 --ltcil-run is a finished ltcil run of the same recipe, seed and schedule (the harness's run folder). Its
 folder is copied to --out without the checkpoints after the peer model's task; the model weights in that
 task's checkpoint are replaced by PyCIL's (matched entry by entry: PyCIL's resnet32 and ltcil's ResNet-32 with
@@ -113,7 +116,12 @@ def main(argv=None) -> None:
     p.add_argument("--ltcil-run", type=Path, required=True, help="a finished ltcil run of the same recipe")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--max-tasks", type=int, default=0, help="train up to this many tasks (0: as the run did)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config changes for the tasks after the shared start (a diagnostic: does this setting "
+                        "close the gap?), e.g. train.resized_crop_style=torchvision")
     args = p.parse_args(argv)
+    from ltcil.config import apply_override, from_dict, parse_override
+    from ltcil.errors import LtcilError
 
     task = int(args.peer_model.stem.split("_")[-1])
     if args.out.exists():
@@ -124,13 +132,21 @@ def main(argv=None) -> None:
     if with_memory and task != 0:
         raise SystemExit("this run keeps exemplars: its memory of earlier tasks was chosen with ltcil's models, so a "
                          "shared start must begin after the first task (task_000.pt)")
+    changes = [parse_override(text) for text in args.set]
+    if args.max_tasks:  # a key resume lets change
+        changes.append(("scenario.max_tasks", args.max_tasks))
+    cfg = yaml.safe_load(config)
+    for key, value in changes:
+        apply_override(cfg, key, value)
+    try:  # a wrong key or value is named before anything is copied or trained
+        from_dict(cfg, "--set: ")
+    except LtcilError as exc:
+        raise SystemExit(str(exc)) from None
     shutil.copytree(args.ltcil_run, args.out, ignore=shutil.ignore_patterns("results.json", "report.*"))
     for ckpt in (args.out / "checkpoints").glob("*.pt"):
         if not ckpt.name.startswith("task_") or int(ckpt.stem.split("_")[1]) > task:
             ckpt.unlink()
-    if args.max_tasks:  # a key resume lets change
-        cfg = yaml.safe_load(config)
-        cfg["scenario"]["max_tasks"] = args.max_tasks
+    if changes:
         (args.out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     events = args.out / "events.jsonl"  # the log of the tasks kept, then the resumed run's
     if events.exists():
@@ -139,6 +155,9 @@ def main(argv=None) -> None:
     path = args.out / "checkpoints" / f"task_{task:03d}.pt"
     state = torch.load(path, weights_only=True)
     state["method"]["model"] = map_state(torch.load(args.peer_model, weights_only=True), state["method"]["model"])
+    if args.set and state.get("config") is not None:  # the checkpoint's record of its config follows, or resume
+        for key, value in changes:  # would refuse the changed keys
+            apply_override(state["config"], key, value)
     torch.save(state, path)
     if with_memory:
         reselect_memory(args.out, task)
