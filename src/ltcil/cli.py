@@ -362,11 +362,14 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _import_libraries() -> None:
-    """numpy and torch imported with Ctrl-C held until both are in, then raised. A KeyboardInterrupt that lands
-    inside torch's import of numpy is cleared by torch's C++ code: numpy stays half-imported (the run fails
-    later with "module 'numpy' has no attribute ..."), or the run goes on as if never interrupted; inside
-    pybind11 code it aborts the process. Held, it becomes the usual one line and exit 130."""
+def _import_libraries(trains: bool) -> None:
+    """numpy, torch and ltcil's engine (and for a command that trains, torch._dynamo, which the first optimizer
+    imports) imported with Ctrl-C held until all are in, then raised. A KeyboardInterrupt
+    that lands inside torch's import of numpy is cleared by torch's C++ code: numpy stays half-imported (the run
+    fails later with "module 'numpy' has no attribute ..."), or the run goes on as if never interrupted; inside
+    pybind11 code it aborts the process. One that lands while a dataclass is built (dataclasses exec their
+    methods' source) makes CPython 3.11 end the process by SIGINT after main has returned 130, caught or not.
+    Held, it becomes the usual one line and exit 130."""
     if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
         return
     pending = []
@@ -374,6 +377,10 @@ def _import_libraries() -> None:
     try:
         import numpy  # noqa: F401
         import torch  # noqa: F401
+
+        from .engine import runner  # noqa: F401  (methods, plugins, scenarios, data: their dataclasses)
+        if trains:
+            import torch._dynamo  # noqa: F401  (a second long import, full of dataclasses)
     finally:
         signal.signal(signal.SIGINT, previous)
     if pending:
@@ -406,7 +413,7 @@ def _main(argv, args: argparse.Namespace) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"run": cmd_run, "resume": cmd_resume, "list": cmd_list, "report": cmd_report,
                "sweep": cmd_sweep, "data": cmd_data, "grid": cmd_grid}[args.command]
-    _import_libraries()
+    _import_libraries(trains=args.command in ("run", "resume", "sweep"))
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler, torchrun, kill) ends the run as Ctrl-C does: locks, worker processes and the
         # event log are released on the way out instead of left behind
