@@ -52,6 +52,26 @@ def test_two_workers_share_one_study_and_choose_the_same_path(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_worker_that_trains_nothing_stops_at_the_last_task_of_max_tasks(tmp_path):
+    # a worker that finds every task's study finished learns the task count from the scenario; it used to read
+    # the whole scenario (3 tasks here) rather than scenario.max_tasks=2 and fail on a third task
+    out, db = tmp_path / "sweep", tmp_path / "sweep.db"
+    first = worker(out, db)
+    stdout1, stderr1 = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr1[-2000:]
+    counts = [len(trials(db, task)) for task in (1, 2)]
+    second = worker(out, db)
+    stdout2, stderr2 = second.communicate(timeout=600)
+    assert second.returncode == 0, stderr2[-2000:]
+    assert "task 1/2 trial0" in stdout1 and "task 1/2 trial" not in stdout2  # the second trained nothing
+    assert [len(trials(db, task)) for task in (1, 2)] == counts
+    chosen = [[line for line in text.splitlines() if line.strip()[:1].isdigit()] for text in (stdout1, stdout2)]
+    assert chosen[0] == chosen[1] and len(chosen[0]) == 2
+    with pytest.raises(KeyError):  # no study for a third task
+        trials(db, 3)
+
+
+@pytest.mark.slow
 def test_a_killed_workers_trial_is_failed_and_run_again(tmp_path):
     out, db = tmp_path / "sweep", tmp_path / "sweep.db"
     first = worker(out, db, "--heartbeat", "1", "train.epochs=40")  # trials long enough to be killed in one

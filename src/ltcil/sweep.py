@@ -186,11 +186,13 @@ def prepare(config: str | None, overrides: list[str], grid: dict[str, list[str]]
 
 
 def scenario_tasks(cfg: Config) -> int:
+    """The number of tasks a run of `cfg` trains (Experiment.tasks): the scenario's, or scenario.max_tasks."""
     ds = load_dataset(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return len(build_scenario(cfg.scenario, ds.train.labels, ds.test.labels, ds.num_classes,
-                                  ds.val.labels if ds.val is not None else None).tasks)
+        tasks = build_scenario(cfg.scenario, ds.train.labels, ds.test.labels, ds.num_classes,
+                               ds.val.labels if ds.val is not None else None).tasks
+    return len(tasks[: cfg.scenario.max_tasks or None])
 
 
 def run_sweep(config: str | None, overrides: list[str], grid: dict[str, list[str]], out: Path,
