@@ -331,6 +331,35 @@ def test_shared_start_chooses_the_memory_again_with_the_model_it_was_given(tmp_p
     assert set(shared_start.seen_class_accuracy(tmp_path / "other")) == {"linear", "nme"}
 
 
+def test_shared_start_takes_the_peers_own_exemplars_by_their_pixels(tmp_path):
+    """--peer-memory: a peer's exemplars (pixels and labels, the peer's order within a class) become the
+    checkpoint's memory as indices of ltcil's training split; an image the split lacks is named, not guessed."""
+    import numpy as np
+    import torch
+    from helpers import tiny_config
+
+    import shared_start
+    from ltcil.engine.runner import Experiment
+
+    exp = Experiment(tiny_config("method.name=dgr", "scenario.max_tasks=1"), tmp_path / "run")
+    exp.run()
+    images = np.ascontiguousarray(exp.dataset.train.images)
+    labels = exp.data.labels["train"].cpu().numpy()
+    chosen = {c: np.flatnonzero(labels == c)[::-1][:3] for c in (0, 1)}  # not the herding's choice or order
+    picked = np.concatenate([chosen[0], chosen[1]])
+    np.savez(tmp_path / "task_000_memory.npz", images=images[picked], labels=labels[picked])
+    shared_start.peer_memory(tmp_path / "run", 0, tmp_path / "task_000_memory.npz")
+    memory = torch.load(tmp_path / "run" / "checkpoints" / "task_000.pt", weights_only=True)["method"]["memory"]
+    assert list(memory["classes"]) == [0, 1]
+    assert [t.tolist() for t in memory["indices"]] == [chosen[0].tolist(), chosen[1].tolist()]
+
+    foreign = images[picked].copy()
+    foreign[0] = 255 - foreign[0]
+    np.savez(tmp_path / "bad_memory.npz", images=foreign, labels=labels[picked])
+    with pytest.raises(SystemExit, match="bad_memory.npz: an exemplar of class 0"):
+        shared_start.peer_memory(tmp_path / "run", 0, tmp_path / "bad_memory.npz")
+
+
 def test_facil_peers_run_the_reference_script_and_seed_the_split_not_the_order(tmp_path):
     # Long-Tailed-CIL / imbalanced_cil fix the class order per scenario; the seed trains and draws the split
     repo = tmp_path / "imbalanced_cil"

@@ -43,6 +43,9 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
 - --exp KEY=JSON sets keys of the method's exps/*.json (the parity's batchwise_prompt=false);
 - tasks: the run stops after --tasks tasks; each task's top-1 over the seen classes (PILOT's eval_task) is
   recorded with the time since the start.
+Diagnostics, none changing what PILOT computes: --save-models keeps the network and the exemplars after each task
+(shared_start.py), --record-task keeps what DGR's task N trains from (pilot_dgr_steps.py --replay), --stream-seed
+reseeds torch as the second task begins (the spread of PILOT's own later tasks from one first model).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 START = time.perf_counter()
 HERE = Path(__file__).resolve().parent
@@ -234,7 +239,16 @@ def main() -> None:
                         "not have is refused")
     p.add_argument("--out", type=Path)
     p.add_argument("--save-models", type=Path, default=None,
-                   help="keep PILOT's network after each task as DIR/task_NNN.pt (its state dict, for shared_start.py)")
+                   help="keep PILOT's network after each task as DIR/task_NNN.pt (its state dict, for shared_start.py)"
+                        " and its exemplars as DIR/task_NNN_memory.npz")
+    p.add_argument("--stream-seed", type=int, default=None,
+                   help="seed torch's generator with this as the second task begins (its new head rows, batch order "
+                        "and augmentation), the first task as --seed makes it: the spread of the later tasks from "
+                        "the same first model")
+    p.add_argument("--record-task", type=int, default=0,
+                   help="dgr: keep what task N (1: the second) trains from, in the --save-models folder: the network "
+                        "as it enters _update_representation (new head rows drawn) and every batch it is fed "
+                        "(pilot_dgr_steps.py --replay feeds them to ltcil)")
     args = p.parse_args()
 
     import torch
@@ -325,11 +339,27 @@ def main() -> None:
         if args.save_models is not None:  # the task's final network, its memory already chosen with it
             args.save_models.mkdir(parents=True, exist_ok=True)
             torch.save(self._network.state_dict(), args.save_models / f"task_{len(tasks):03d}.pt")
+            if len(self._targets_memory):  # the exemplars' pixels and (ordered) labels, for shared_start.py
+                np.savez(args.save_models / f"task_{len(tasks):03d}_memory.npz", images=self._data_memory,
+                         labels=self._targets_memory)
         tasks.append({"task": len(tasks), "cnn": float(cnn["top1"]),
                       "nme": None if nme is None else float(nme["top1"]), "seconds": time.perf_counter() - START})
         return cnn, nme
 
     pilot_base.BaseLearner.eval_task = recording_eval_task
+    if args.stream_seed is not None:
+        incremental_train = module.Learner.incremental_train
+
+        def reseeded(self, data_manager):
+            if self._cur_task == 0:  # incremented inside: the second task begins
+                torch.manual_seed(args.stream_seed)
+            return incremental_train(self, data_manager)
+
+        module.Learner.incremental_train = reseeded
+    if args.record_task:
+        if args.method != "dgr" or args.save_models is None:
+            raise SystemExit("--record-task: only with --method dgr and --save-models")
+        _record_update(module.Learner, args.record_task, args.save_models)
 
     exp_file = f"exps/{EXPS.get(args.method, args.method)}.json"
     exp = json.loads((repo / exp_file).read_text())
@@ -364,6 +394,39 @@ def main() -> None:
     out_path.write_text(json.dumps(result, indent=1))
 
 
+def _record_update(learner, task: int, folder: Path) -> None:
+    """Wrap DGR's `_update_representation` so that, in task `task`, the network it starts from, the settings of
+    its step (the task's label distribution, the lr of every epoch) and every (images, labels) batch of its train
+    loader are saved to folder/task_NNN_replay.pt."""
+    import torch
+
+    update = learner._update_representation
+
+    def recorded(self, train_loader, test_loader, optimizer, scheduler, label_distribution):
+        if self._cur_task != task:
+            return update(self, train_loader, test_loader, optimizer, scheduler, label_distribution)
+        record = {"start": {k: v.clone() for k, v in self._network.state_dict().items()},
+                  "label_distribution": [int(c) for c in label_distribution], "epochs": [], "lr": []}
+
+        class Recording:  # the loader, keeping what it yields (one list per epoch)
+            def __len__(self):
+                return len(train_loader)
+
+            def __iter__(self):
+                record["epochs"].append([])
+                record["lr"].append(optimizer.param_groups[0]["lr"])
+                for batch in train_loader:
+                    record["epochs"][-1].append((batch[1].clone(), batch[2].clone()))
+                    yield batch
+
+        out = update(self, Recording(), test_loader, optimizer, scheduler, label_distribution)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(record, folder / f"task_{task:03d}_replay.pt")
+        return out
+
+    learner._update_representation = recorded
+
+
 def _cpu_fixes(method: str, module) -> None:
     """What stops PILOT's code on a CPU or at a width other than ViT-B's, changed in memory without changing what
     it computes: DGR's loss moves its prior with .cuda(); CODA-Prompt's ViT starts its prompt loss as a leaf
@@ -376,8 +439,6 @@ def _cpu_fixes(method: str, module) -> None:
 
     if method == "dgr":
         def regularized_cn(outputs, targets, label_distribution):
-            import numpy as np
-
             prior = torch.log(torch.as_tensor(label_distribution / np.sum(label_distribution), dtype=torch.float32))
             return torch.nn.functional.cross_entropy(outputs + prior.to(outputs.device), targets)
 

@@ -14,6 +14,18 @@ engine builds from dgr_vit_b16_cifar100_b0inc10. Before every optimiser step the
 recorded; the script prints, per step, the largest relative difference of the head's old and new rows and of
 the backbone, and of the parameters after the last step. --ltcil-set KEY=VALUE changes ltcil's side (a check
 that the comparison sees a difference, e.g. method.attenuation=2).
+
+A whole task, replayed (runs in either venv; PILOT is not imported):
+
+    python pilot_adapter.py --method dgr --tasks 2 ... --save-models M --record-task 1   # in PILOT's venv
+    python shared_start.py --peer-model M/task_000.pt --ltcil-run RUN --out SHARED --peer-memory --max-tasks 1
+    python pilot_dgr_steps.py --replay M/task_001_replay.pt --ltcil-run SHARED [--own-rows]
+
+ltcil's engine pieces (begin_task with its teacher and new head rows, the task's counts from its memory, the
+optimiser and per-epoch lr of the config) train the second task on the batches PILOT drew (its augmentation and
+order, recorded by the adapter) from the network PILOT started it from (its new rows; --own-rows: ltcil's own
+draw); the script prints the largest relative difference from PILOT's network after the task and both networks'
+accuracy on the seen classes' test images (old / new classes).
 """
 
 from __future__ import annotations
@@ -44,17 +56,109 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
+def replay(args) -> None:
+    """ltcil's dgr trains a whole task on PILOT's recorded batches from PILOT's recorded start (see the module's
+    docstring, --replay), through the engine's own optimiser and lr schedule; prints how far its parameters end
+    from PILOT's and both networks' accuracy on the seen classes' test images."""
+    sys.path[:0] = [str(HERE.parents[1] / "src"), str(HERE)]
+    from shared_start import map_state, restored
+
+    from ltcil.engine.context import TaskContext
+    from ltcil.engine.optim import build_optimizer, lr_factor, set_lr
+    from ltcil.engine.seed import generators, seed_task
+    from ltcil.engine.stage import task_settings
+    from ltcil.engine.trainer import Trainer
+    from ltcil.methods.base import train_class_counts
+    from ltcil.reporting.events import EventLog
+
+    record = torch.load(args.replay, map_location="cpu", weights_only=True)
+    task = int(args.replay.stem.split("_")[1])
+    exp = restored(args.ltcil_run)
+    method, cfg = exp.method, exp.cfg
+    if exp.next_task != task:
+        raise SystemExit(f"--ltcil-run {args.ltcil_run} must hold exactly {task} finished task(s) (shared_start.py "
+                         f"--max-tasks {task})")
+    events = EventLog(None)
+    spec = exp.scenario.tasks[task]
+    seed_task(cfg.seed, task)
+    ctx = TaskContext(cfg, exp.scenario, exp.data, Trainer(exp.data, exp.device, events, progress=False),
+                      exp.device, generators(cfg.seed, task, exp.device), events, task, exp.new_model,
+                      args.ltcil_run, task=spec)
+    method.begin_task(spec, ctx)
+    indices = method.train_indices(spec, ctx)
+    method.train_counts = train_class_counts(ctx, indices, method.model.num_classes)
+    counts = [int(c) for c in method.train_counts]
+    print(f"label distribution: PILOT {record['label_distribution']}, ltcil {counts}")
+    model = method.model
+    ours = {k: v.clone() for k, v in model.state_dict().items()}
+    start = map_state(record["start"], ours)
+    if args.own_rows:  # ltcil's own draw of the new head rows, PILOT's batches
+        old = method.old_classes
+        for key in ("head.weight", "head.bias"):
+            start[key][old:] = ours[key][old:]
+    drift = max(relative(ours[k], start[k]) for k in ours if not k.startswith("head."))
+    print(f"start: ltcil's backbone vs PILOT's recorded start {drift:.1e} (0: the same first-task model)")
+    model.load_state_dict(start)
+    settings, epochs, lr = task_settings(cfg.train, first=False)
+    if epochs != len(record["epochs"]):
+        raise SystemExit(f"the replay holds {len(record['epochs'])} epochs, ltcil's config {epochs}")
+    opt = build_optimizer(method.trainable_parameters(), settings, lr, exp.device)
+    for epoch, batches in enumerate(record["epochs"]):
+        set_lr(opt, lr * lr_factor(settings, epoch, epochs))
+        print(f"epoch {epoch + 1}: lr PILOT {record['lr'][epoch]:.3e}, ltcil {opt.param_groups[0]['lr']:.3e}; "
+              f"{len(batches)} batches")
+        model.train()
+        for x, y in batches:
+            losses = method.training_step(x.to(exp.device), y.to(exp.device))
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+    method._release_hooks()
+    end = torch.load(args.replay.with_name(f"task_{task:03d}.pt"), map_location="cpu", weights_only=True)
+    end = map_state(end, model.state_dict())
+    final = {k: v.clone() for k, v in model.state_dict().items()}
+    print(f"after the task: parameters {max(relative(end[k], final[k]) for k in final):.1e} from PILOT's "
+          "(largest relative difference)")
+    for name, state in (("PILOT", end), ("ltcil", final)):
+        model.load_state_dict(state)
+        model.eval()
+        labels = exp.data.labels["test"]
+        idx = torch.nonzero(labels < model.num_classes).flatten()
+        correct = torch.zeros(2)
+        total = torch.zeros(2)
+        with torch.no_grad():
+            for i in range(0, len(idx), 500):
+                xb, yb = exp.data.batch("test", idx[i:i + 500])
+                hit = model(xb).argmax(1) == yb
+                new = (yb >= method.old_classes).long()
+                correct.index_add_(0, new, hit.float())
+                total.index_add_(0, new, torch.ones(len(yb)))
+        print(f"{name}'s network: seen classes {100 * correct.sum() / total.sum():.2f}, old "
+              f"{100 * correct[0] / total[0]:.2f}, new {100 * correct[1] / total[1]:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", type=Path, required=True, help="LAMDA-PILOT checkout")
-    p.add_argument("--weights", type=Path, required=True, help="the shared ViT (pilot_adapter.py --make-weights)")
-    p.add_argument("--data", type=Path, required=True, help="folder with cifar-100-python.tar.gz")
+    p.add_argument("--replay", type=Path, default=None,
+                   help="pilot_adapter.py --record-task's task_NNN_replay.pt: train ltcil on those batches instead")
+    p.add_argument("--ltcil-run", type=Path, default=None,
+                   help="with --replay: a shared_start.py run from PILOT's model, stopped before that task")
+    p.add_argument("--own-rows", action="store_true", help="with --replay: ltcil's own draw of the new head rows")
+    p.add_argument("--repo", type=Path, help="LAMDA-PILOT checkout")
+    p.add_argument("--weights", type=Path, help="the shared ViT (pilot_adapter.py --make-weights)")
+    p.add_argument("--data", type=Path, help="folder with cifar-100-python.tar.gz")
     p.add_argument("--peer-model", type=Path, default=None, help="PILOT's network after its first task (task_000.pt)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ltcil-set", nargs="*", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.replay is not None:
+        if args.ltcil_run is None:
+            p.error("--replay needs --ltcil-run")
+        return replay(args)
+    if None in (args.repo, args.weights, args.data):
+        p.error("--repo, --weights and --data are required (without --replay)")
     sys.path[:0] = [str(HERE.parents[1] / "src"), str(HERE), str(args.repo.resolve())]
     from pilot_adapter import _cpu_fixes, _timm_layer_aliases, make_model
     from pycil_adapter import read_cifar100

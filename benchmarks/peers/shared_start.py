@@ -18,7 +18,9 @@ linear head), the replaced model is evaluated on the seen
 classes' test images (it must give PyCIL's own accuracy), and `ltcil resume` trains the remaining tasks.
 For a method with exemplars (iCaRL) the peer model must be the first task's: the checkpoint's memory, chosen with
 ltcil's model, is emptied and chosen again with PyCIL's (herding on its features, then the class means), as the
-end of that task would have done with that model.
+end of that task would have done with that model. --peer-memory takes the peer's own exemplars instead (LAMDA-PILOT
+keeps them as pixels: pilot_adapter.py --save-models writes task_NNN_memory.npz), found in ltcil's training split
+by pixels and label.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -110,12 +113,44 @@ def reselect_memory(run_dir: Path, task: int) -> None:
     save_checkpoint(run_dir, task, exp._state(task))
 
 
+def peer_memory(run_dir: Path, task: int, memory_file: Path) -> None:
+    """Replace the memory of the checkpoint after `task` with the peer's own exemplars (pilot_adapter.py
+    --save-models keeps them as pixels and labels, task_NNN_memory.npz): each is found in ltcil's training split
+    by its pixels and label, each class keeping the peer's order (what a later reduction keeps first)."""
+    from ltcil.engine.checkpoint import save_checkpoint
+
+    exp = restored(run_dir)
+    if hasattr(exp.method, "class_means"):  # computed from the memory at the task's end: would go stale
+        raise SystemExit(f"--peer-memory: method {exp.cfg.method.name} keeps class means of its memory; only "
+                         "methods that keep the exemplars alone take the peer's")
+    with np.load(memory_file) as z:
+        images, labels = z["images"], z["labels"].astype(np.int64)
+    train = np.ascontiguousarray(exp.dataset.train.images)
+    mapped = exp.data.labels["train"].cpu().numpy()
+    where: dict = {}
+    for i in range(len(train)):
+        where.setdefault((int(mapped[i]), train[i].tobytes()), []).append(i)
+    exemplars: dict = {}
+    for image, label in zip(images, labels):
+        found = where.get((int(label), np.ascontiguousarray(image, dtype=np.uint8).tobytes()))
+        if not found:
+            raise SystemExit(f"{memory_file}: an exemplar of class {label} is not in ltcil's training split")
+        exemplars.setdefault(int(label), []).append(found.pop(0))
+    exp.method.memory.exemplars = {c: np.asarray(v, dtype=np.int64) for c, v in sorted(exemplars.items())}
+    save_checkpoint(run_dir, task, exp._state(task))
+    print(json.dumps({"event": "peer_memory", "file": str(memory_file), "classes": len(exemplars),
+                      "images": int(len(labels))}), flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peer-model", type=Path, required=True, help="pycil_adapter.py --save-models file")
     p.add_argument("--ltcil-run", type=Path, required=True, help="a finished ltcil run of the same recipe")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--max-tasks", type=int, default=0, help="train up to this many tasks (0: as the run did)")
+    p.add_argument("--peer-memory", action="store_true",
+                   help="keep the peer's own exemplars (task_NNN_memory.npz beside --peer-model) instead of "
+                        "choosing them again with ltcil's herding")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config changes for the tasks after the shared start (a diagnostic: does this setting "
                         "close the gap?), e.g. train.resized_crop_style=torchvision")
@@ -159,7 +194,9 @@ def main(argv=None) -> None:
         for key, value in changes:  # would refuse the changed keys
             apply_override(state["config"], key, value)
     torch.save(state, path)
-    if with_memory:
+    if with_memory and args.peer_memory:
+        peer_memory(args.out, task, args.peer_model.with_name(args.peer_model.stem + "_memory.npz"))
+    elif with_memory:
         reselect_memory(args.out, task)
     accuracy = seen_class_accuracy(args.out)
     print(json.dumps({"event": "shared_start", "task": task, "peer_model": str(args.peer_model),
