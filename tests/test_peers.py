@@ -360,6 +360,56 @@ def test_shared_start_takes_the_peers_own_exemplars_by_their_pixels(tmp_path):
         shared_start.peer_memory(tmp_path / "run", 0, tmp_path / "bad_memory.npz")
 
 
+def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys):
+    """pilot_dgr_steps.py --replay mirrors the engine: the batches, start and end of ltcil's own second task
+    (recorded as pilot_adapter.py --record-task records PILOT's), replayed from the first task's checkpoint, give
+    the engine's network exactly and its accuracy."""
+    import shutil
+
+    import torch
+    from helpers import tiny_config
+
+    import pilot_dgr_steps
+    from ltcil.engine.runner import Experiment
+
+    Experiment(tiny_config("method.name=dgr", "scenario.max_tasks=1"), tmp_path / "one").run()
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    exp = Experiment(tiny_config("method.name=dgr", "scenario.max_tasks=2"), tmp_path / "two", progress=False,
+                     log=lambda *_: None)
+    exp.restore()
+    method = exp.method
+    record = {"epochs": [], "lr": []}
+    begin_task, begin_epoch, step = method.begin_task, method.begin_epoch, method.training_step
+
+    def recording_begin_task(task, ctx):
+        begin_task(task, ctx)
+        record["start"] = {k: v.clone() for k, v in method.model.state_dict().items()}
+
+    def recording_begin_epoch(epoch, epochs, ctx=None):
+        record["epochs"].append([])
+        record["lr"].append(0.05)
+        begin_epoch(epoch, epochs, ctx=ctx)
+
+    def recording_step(x, y):
+        record["epochs"][-1].append((x.clone(), y.clone()))
+        return step(x, y)
+
+    method.begin_task, method.begin_epoch, method.training_step = (recording_begin_task, recording_begin_epoch,
+                                                                   recording_step)
+    exp.run()
+    record["label_distribution"] = [int(c) for c in method.train_counts]
+    torch.save(record, tmp_path / "task_001_replay.pt")
+    torch.save(method.model.state_dict(), tmp_path / "task_001.pt")
+    assert sum(len(batches) for batches in record["epochs"]) > 0
+
+    pilot_dgr_steps.main(["--replay", str(tmp_path / "task_001_replay.pt"), "--ltcil-run", str(tmp_path / "one"),
+                          "--threads", str(torch.get_num_threads())])
+    out = capsys.readouterr().out
+    assert "after the task: parameters 0.0e+00 from PILOT's" in out
+    scores = [line.split(":", 1)[1] for line in out.splitlines() if "'s network:" in line]
+    assert len(scores) == 2 and scores[0] == scores[1], out
+
+
 def test_facil_peers_run_the_reference_script_and_seed_the_split_not_the_order(tmp_path):
     # Long-Tailed-CIL / imbalanced_cil fix the class order per scenario; the seed trains and draws the split
     repo = tmp_path / "imbalanced_cil"

@@ -45,7 +45,8 @@ ltcil loads with backbone.checkpoint. Adaptations, all applied in memory to the 
   recorded with the time since the start.
 Diagnostics, none changing what PILOT computes: --save-models keeps the network and the exemplars after each task
 (shared_start.py), --record-task keeps what DGR's task N trains from (pilot_dgr_steps.py --replay), --stream-seed
-reseeds torch as the second task begins (the spread of PILOT's own later tasks from one first model).
+reseeds torch as the second task begins (the spread of PILOT's own later tasks from one first model),
+--no-augment trains the later tasks on the images as they are.
 """
 
 from __future__ import annotations
@@ -245,6 +246,9 @@ def main() -> None:
                    help="seed torch's generator with this as the second task begins (its new head rows, batch order "
                         "and augmentation), the first task as --seed makes it: the spread of the later tasks from "
                         "the same first model")
+    p.add_argument("--no-augment", action="store_true",
+                   help="from the second task on, train on the images as they are (ToTensor only: no crop, no "
+                        "flip), the first task as the recipe has it")
     p.add_argument("--record-task", type=int, default=0,
                    help="dgr: keep what task N (1: the second) trains from, in the --save-models folder: the network "
                         "as it enters _update_representation (new head rows drawn) and every batch it is fed "
@@ -347,15 +351,18 @@ def main() -> None:
         return cnn, nme
 
     pilot_base.BaseLearner.eval_task = recording_eval_task
-    if args.stream_seed is not None:
+    if args.stream_seed is not None or args.no_augment:
         incremental_train = module.Learner.incremental_train
 
-        def reseeded(self, data_manager):
+        def second_task(self, data_manager):
             if self._cur_task == 0:  # incremented inside: the second task begins
-                torch.manual_seed(args.stream_seed)
+                if args.stream_seed is not None:
+                    torch.manual_seed(args.stream_seed)
+                if args.no_augment:
+                    data_manager._train_trsf = [transforms.ToTensor()]
             return incremental_train(self, data_manager)
 
-        module.Learner.incremental_train = reseeded
+        module.Learner.incremental_train = second_task
     if args.record_task:
         if args.method != "dgr" or args.save_models is None:
             raise SystemExit("--record-task: only with --method dgr and --save-models")

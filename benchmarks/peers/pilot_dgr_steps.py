@@ -52,7 +52,7 @@ def recorder(named, store):
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
+    a, b = a.detach().double(), b.detach().double()  # integer buffers too (BatchNorm's batch count)
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
@@ -108,7 +108,9 @@ def replay(args) -> None:
         print(f"epoch {epoch + 1}: lr PILOT {record['lr'][epoch]:.3e}, ltcil {opt.param_groups[0]['lr']:.3e}; "
               f"{len(batches)} batches")
         model.train()
-        for x, y in batches:
+        for n, (x, y) in enumerate(batches):
+            if settings.schedule_unit == "step" and n:  # as the engine moves warm-up and cosine every step
+                set_lr(opt, lr * lr_factor(settings, epoch + n / len(batches), epochs))
             losses = method.training_step(x.to(exp.device), y.to(exp.device))
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -117,8 +119,9 @@ def replay(args) -> None:
     end = torch.load(args.replay.with_name(f"task_{task:03d}.pt"), map_location="cpu", weights_only=True)
     end = map_state(end, model.state_dict())
     final = {k: v.clone() for k, v in model.state_dict().items()}
-    print(f"after the task: parameters {max(relative(end[k], final[k]) for k in final):.1e} from PILOT's "
-          "(largest relative difference)")
+    worst = max(final, key=lambda k: relative(end[k], final[k]))
+    print(f"after the task: parameters {relative(end[worst], final[worst]):.1e} from PILOT's (largest relative "
+          f"difference, {worst})")
     for name, state in (("PILOT", end), ("ltcil", final)):
         model.load_state_dict(state)
         model.eval()
@@ -137,7 +140,7 @@ def replay(args) -> None:
               f"{100 * correct[0] / total[0]:.2f}, new {100 * correct[1] / total[1]:.2f}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--replay", type=Path, default=None,
                    help="pilot_adapter.py --record-task's task_NNN_replay.pt: train ltcil on those batches instead")
@@ -151,7 +154,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ltcil-set", nargs="*", default=[], metavar="KEY=VALUE")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.replay is not None:
         if args.ltcil_run is None:
