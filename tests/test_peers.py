@@ -358,6 +358,10 @@ def test_shared_start_takes_the_peers_own_exemplars_by_their_pixels(tmp_path):
     np.savez(tmp_path / "bad_memory.npz", images=foreign, labels=labels[picked])
     with pytest.raises(SystemExit, match="bad_memory.npz: an exemplar of class 0"):
         shared_start.peer_memory(tmp_path / "run", 0, tmp_path / "bad_memory.npz")
+    with pytest.raises(SystemExit, match="no .*other/task_000_memory.npz"):  # named before anything is copied
+        shared_start.main(["--peer-model", str(tmp_path / "other" / "task_000.pt"), "--ltcil-run",
+                           str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--peer-memory"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys):

@@ -22,10 +22,11 @@ A whole task, replayed (runs in either venv; PILOT is not imported):
     python pilot_dgr_steps.py --replay M/task_001_replay.pt --ltcil-run SHARED [--own-rows]
 
 ltcil's engine pieces (begin_task with its teacher and new head rows, the task's counts from its memory, the
-optimiser and per-epoch lr of the config) train the second task on the batches PILOT drew (its augmentation and
-order, recorded by the adapter) from the network PILOT started it from (its new rows; --own-rows: ltcil's own
-draw); the script prints the largest relative difference from PILOT's network after the task and both networks'
-accuracy on the seen classes' test images (old / new classes).
+optimiser and the config's lr schedule, moved per epoch or per step as the engine moves it) train the second
+task on the batches PILOT drew (its augmentation and order, recorded by the adapter) from the network PILOT
+started it from (its new rows; --own-rows: ltcil's own draw); the script prints the largest relative
+difference from PILOT's network after the task and both networks' accuracy on the seen classes' test images
+(old / new classes).
 """
 
 from __future__ import annotations

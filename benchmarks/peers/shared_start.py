@@ -167,6 +167,11 @@ def main(argv=None) -> None:
     if with_memory and task != 0:
         raise SystemExit("this run keeps exemplars: its memory of earlier tasks was chosen with ltcil's models, so a "
                          "shared start must begin after the first task (task_000.pt)")
+    memory_file = args.peer_model.with_name(args.peer_model.stem + "_memory.npz")
+    if args.peer_memory and not with_memory:
+        raise SystemExit("--peer-memory: this run keeps no exemplars (memory.size and memory.per_class are 0)")
+    if args.peer_memory and not memory_file.is_file():
+        raise SystemExit(f"--peer-memory: no {memory_file} (pilot_adapter.py --save-models writes it)")
     changes = [parse_override(text) for text in args.set]
     if args.max_tasks:  # a key resume lets change
         changes.append(("scenario.max_tasks", args.max_tasks))
@@ -195,7 +200,7 @@ def main(argv=None) -> None:
             apply_override(state["config"], key, value)
     torch.save(state, path)
     if with_memory and args.peer_memory:
-        peer_memory(args.out, task, args.peer_model.with_name(args.peer_model.stem + "_memory.npz"))
+        peer_memory(args.out, task, memory_file)
     elif with_memory:
         reselect_memory(args.out, task)
     accuracy = seen_class_accuracy(args.out)
