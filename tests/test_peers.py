@@ -367,7 +367,8 @@ def test_shared_start_takes_the_peers_own_exemplars_by_their_pixels(tmp_path):
 def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys):
     """pilot_dgr_steps.py --replay mirrors the engine: the batches, start and end of ltcil's own second task
     (recorded as pilot_adapter.py --record-task records PILOT's), replayed from the first task's checkpoint, give
-    the engine's network exactly and its accuracy."""
+    the engine's network exactly and its accuracy; so do the same images augmented again by --augment ltcil
+    from the engine's augmentation generator."""
     import shutil
 
     import torch
@@ -375,6 +376,7 @@ def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys
 
     import pilot_dgr_steps
     from ltcil.engine.runner import Experiment
+    from ltcil.engine.seed import task_seed
 
     Experiment(tiny_config("method.name=dgr", "scenario.max_tasks=1"), tmp_path / "one").run()
     shutil.copytree(tmp_path / "one", tmp_path / "two")
@@ -382,8 +384,14 @@ def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys
                      log=lambda *_: None)
     exp.restore()
     method = exp.method
-    record = {"epochs": [], "lr": []}
+    record = {"epochs": [], "lr": [], "indices": []}  # and the task's raw images, to augment them again
     begin_task, begin_epoch, step = method.begin_task, method.begin_epoch, method.training_step
+    batch = exp.data.batch
+
+    def recording_batch(split, idx, augment=None, gen=None):
+        if augment is not None:  # a training batch: its positions in the split
+            record["indices"][-1].append(idx.clone())
+        return batch(split, idx, augment, gen)
 
     def recording_begin_task(task, ctx):
         begin_task(task, ctx)
@@ -391,6 +399,7 @@ def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys
 
     def recording_begin_epoch(epoch, epochs, ctx=None):
         record["epochs"].append([])
+        record["indices"].append([])
         record["lr"].append(0.05)
         begin_epoch(epoch, epochs, ctx=ctx)
 
@@ -400,8 +409,14 @@ def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys
 
     method.begin_task, method.begin_epoch, method.training_step = (recording_begin_task, recording_begin_epoch,
                                                                    recording_step)
+    exp.data.batch = recording_batch
     exp.run()
     record["label_distribution"] = [int(c) for c in method.train_counts]
+    # as PILOT's recording: the task's training images (its data and the memory), batches as positions in them
+    used = torch.cat([idx for epoch in record["indices"] for idx in epoch]).unique()
+    record["images"] = exp.data.images["train"][used].permute(0, 2, 3, 1).clone()
+    record["labels"] = exp.data.labels["train"][used]
+    record["indices"] = [[torch.searchsorted(used, idx) for idx in epoch] for epoch in record["indices"]]
     torch.save(record, tmp_path / "task_001_replay.pt")
     torch.save(method.model.state_dict(), tmp_path / "task_001.pt")
     assert sum(len(batches) for batches in record["epochs"]) > 0
@@ -412,6 +427,19 @@ def test_dgr_replay_of_the_engines_own_task_ends_at_its_network(tmp_path, capsys
     assert "after the task: parameters 0.0e+00 from PILOT's" in out
     scores = [line.split(":", 1)[1] for line in out.splitlines() if "'s network:" in line]
     assert len(scores) == 2 and scores[0] == scores[1], out
+
+    # the same images in the same batches, augmented again by ltcil's pipeline from the engine's own augmentation
+    # generator: the same batches, so the same network (what --augment ltcil feeds is what the engine feeds)
+    pilot_dgr_steps.main(["--replay", str(tmp_path / "task_001_replay.pt"), "--ltcil-run", str(tmp_path / "one"),
+                          "--threads", str(torch.get_num_threads()), "--augment", "ltcil",
+                          "--aug-seed", str(task_seed(exp.cfg.seed, 1, 2))])
+    out = capsys.readouterr().out
+    assert "after the task: parameters 0.0e+00 from PILOT's" in out
+    # a fresh stream (other order, rows and crops) ends elsewhere
+    pilot_dgr_steps.main(["--replay", str(tmp_path / "task_001_replay.pt"), "--ltcil-run", str(tmp_path / "one"),
+                          "--threads", str(torch.get_num_threads()), "--augment", "ltcil", "--stream-seed", "5"])
+    out = capsys.readouterr().out
+    assert "after the task: parameters 0.0e+00" not in out and "after the task: parameters" in out
 
 
 def test_facil_peers_run_the_reference_script_and_seed_the_split_not_the_order(tmp_path):

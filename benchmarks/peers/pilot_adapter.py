@@ -403,8 +403,10 @@ def main() -> None:
 
 def _record_update(learner, task: int, folder: Path) -> None:
     """Wrap DGR's `_update_representation` so that, in task `task`, the network it starts from, the settings of
-    its step (the task's label distribution, the lr of every epoch) and every (images, labels) batch of its train
-    loader are saved to folder/task_NNN_replay.pt."""
+    its step (the task's label distribution, the lr of every epoch), every (images, labels) batch of its train
+    loader, and the task's raw training images with each batch's positions in them (to augment them again) are
+    saved to folder/task_NNN_replay.pt."""
+    import numpy as np
     import torch
 
     update = learner._update_representation
@@ -412,8 +414,11 @@ def _record_update(learner, task: int, folder: Path) -> None:
     def recorded(self, train_loader, test_loader, optimizer, scheduler, label_distribution):
         if self._cur_task != task:
             return update(self, train_loader, test_loader, optimizer, scheduler, label_distribution)
+        dataset = train_loader.dataset  # PILOT's DummyDataset: the task's images (uint8 HWC) and labels
         record = {"start": {k: v.clone() for k, v in self._network.state_dict().items()},
-                  "label_distribution": [int(c) for c in label_distribution], "epochs": [], "lr": []}
+                  "label_distribution": [int(c) for c in label_distribution], "epochs": [], "lr": [],
+                  "indices": [], "images": torch.from_numpy(np.asarray(dataset.images)).clone(),
+                  "labels": torch.from_numpy(np.asarray(dataset.labels)).clone()}
 
         class Recording:  # the loader, keeping what it yields (one list per epoch)
             def __len__(self):
@@ -421,9 +426,11 @@ def _record_update(learner, task: int, folder: Path) -> None:
 
             def __iter__(self):
                 record["epochs"].append([])
+                record["indices"].append([])
                 record["lr"].append(optimizer.param_groups[0]["lr"])
                 for batch in train_loader:
                     record["epochs"][-1].append((batch[1].clone(), batch[2].clone()))
+                    record["indices"][-1].append(batch[0].clone())  # positions in `images`: to re-augment
                     yield batch
 
         out = update(self, Recording(), test_loader, optimizer, scheduler, label_distribution)

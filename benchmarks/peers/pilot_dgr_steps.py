@@ -27,6 +27,11 @@ task on the batches PILOT drew (its augmentation and order, recorded by the adap
 started it from (its new rows; --own-rows: ltcil's own draw); the script prints the largest relative
 difference from PILOT's network after the task and both networks' accuracy on the seen classes' test images
 (old / new classes).
+
+One part of the random stream at a time: --augment pilot|ltcil|ltcil-torchvision keeps PILOT's order and batches
+but crops and flips the same images again (the adapter records the task's raw images and each batch's positions
+in them), by PILOT's torchvision transform or by ltcil's augmentation, generator --aug-seed; --stream-seed K
+draws a fresh stream instead (ltcil's new head rows and a new order, seeded K) from the same start.
 """
 
 from __future__ import annotations
@@ -57,6 +62,55 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
+def fresh_order(record: dict, seed: int) -> list:
+    """A new random stream's visiting order: each epoch a uniform permutation of the task's images (as a shuffling
+    DataLoader draws one), cut into batches of the recorded size; returns positions in record["images"]."""
+    gen = torch.Generator().manual_seed(seed)
+    size, n = len(record["indices"][0][0]), len(record["images"])
+    return [list(torch.randperm(n, generator=gen).split(size)) for _ in record["indices"]]
+
+
+def augmented_batches(record: dict, augment: str, seed: int, cfg, order=None, finish=lambda x: x) -> list:
+    """The replay's batches, epoch by epoch: PILOT's own (`recorded`), or the same images in the same order and
+    batches augmented again from the task's raw images with generator seed `seed`: by PILOT's transform at 32 px
+    (`pilot`: torchvision's RandomResizedCrop(32, area 5-100%) and flip on PIL images, then ToTensor; needs
+    torchvision) or by ltcil's batched augmentation with the config's settings (`ltcil`; `ltcil-torchvision`: with
+    train.resized_crop_style torchvision; `finish`: the data's normalisation, as the engine's batches end).
+    `order`: other batches of positions (fresh_order) instead of PILOT's."""
+    if augment == "recorded":
+        return record["epochs"]
+    if order is None and "indices" not in record:
+        raise SystemExit("this replay file holds no batch positions: record it again with pilot_adapter.py "
+                         "--record-task (it keeps them since 2026-12-07)")
+    images, labels = record["images"], record["labels"].long()
+    order = record["indices"] if order is None else order
+    out = []
+    if augment == "pilot":
+        from PIL import Image
+        from torchvision import transforms
+
+        torch.manual_seed(seed)
+        trsf = transforms.Compose([transforms.RandomResizedCrop(32, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)),
+                                   transforms.RandomHorizontalFlip(p=0.5), transforms.ToTensor()])
+        for epoch in order:
+            out.append([(torch.stack([trsf(Image.fromarray(images[i].numpy())) for i in idx.tolist()]),
+                         labels[idx]) for idx in epoch])
+        return out
+    from ltcil.data.augment import AugmentSpec, augment_float, augment_uint8
+
+    spec = AugmentSpec.from_train_config(cfg.train)
+    if augment == "ltcil-torchvision":
+        spec.resized_crop_style = "torchvision"
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in order:
+        batches = []
+        for idx in epoch:
+            x = augment_uint8(images[idx].permute(0, 3, 1, 2).contiguous(), spec, gen).float().div_(255)
+            batches.append((finish(augment_float(x, spec, gen)), labels[idx]))
+        out.append(batches)
+    return out
+
+
 def replay(args) -> None:
     """ltcil's dgr trains a whole task on PILOT's recorded batches from PILOT's recorded start (see the module's
     docstring, --replay), through the engine's own optimiser and lr schedule; prints how far its parameters end
@@ -81,7 +135,8 @@ def replay(args) -> None:
                          f"--max-tasks {task})")
     events = EventLog(None)
     spec = exp.scenario.tasks[task]
-    seed_task(cfg.seed, task)
+    rows_seed = next((s for s in (args.rows_seed, args.stream_seed) if s is not None), cfg.seed)
+    seed_task(rows_seed, task)  # the new rows' draw
     ctx = TaskContext(cfg, exp.scenario, exp.data, Trainer(exp.data, exp.device, events, progress=False),
                       exp.device, generators(cfg.seed, task, exp.device), events, task, exp.new_model,
                       args.ltcil_run, task=spec)
@@ -93,7 +148,7 @@ def replay(args) -> None:
     model = method.model
     ours = {k: v.clone() for k, v in model.state_dict().items()}
     start = map_state(record["start"], ours)
-    if args.own_rows:  # ltcil's own draw of the new head rows, PILOT's batches
+    if args.own_rows or args.rows_seed is not None or args.stream_seed is not None:  # ltcil's own new rows
         old = method.old_classes
         for key in ("head.weight", "head.bias"):
             start[key][old:] = ours[key][old:]
@@ -104,7 +159,9 @@ def replay(args) -> None:
     if epochs != len(record["epochs"]):
         raise SystemExit(f"the replay holds {len(record['epochs'])} epochs, ltcil's config {epochs}")
     opt = build_optimizer(method.trainable_parameters(), settings, lr, exp.device)
-    for epoch, batches in enumerate(record["epochs"]):
+    order = None if args.stream_seed is None else fresh_order(record, args.stream_seed)
+    batches_of = augmented_batches(record, args.augment, args.aug_seed, cfg, order, exp.data.finish)
+    for epoch, batches in enumerate(batches_of):
         set_lr(opt, lr * lr_factor(settings, epoch, epochs))
         print(f"epoch {epoch + 1}: lr PILOT {record['lr'][epoch]:.3e}, ltcil {opt.param_groups[0]['lr']:.3e}; "
               f"{len(batches)} batches")
@@ -148,6 +205,15 @@ def main(argv=None) -> None:
     p.add_argument("--ltcil-run", type=Path, default=None,
                    help="with --replay: a shared_start.py run from PILOT's model, stopped before that task")
     p.add_argument("--own-rows", action="store_true", help="with --replay: ltcil's own draw of the new head rows")
+    p.add_argument("--rows-seed", type=int, default=None,
+                   help="with --replay: ltcil's own draw of the new head rows, seeded with this instead of the run's seed")
+    p.add_argument("--augment", choices=("recorded", "pilot", "ltcil", "ltcil-torchvision"), default="recorded",
+                   help="with --replay: PILOT's recorded batches, or the same images in the same batches augmented "
+                        "again by PILOT's transform or by ltcil's (config's train settings), generator --aug-seed")
+    p.add_argument("--aug-seed", type=int, default=0)
+    p.add_argument("--stream-seed", type=int, default=None,
+                   help="with --replay and --augment other than recorded: a fresh stream from PILOT's start "
+                        "network: new head rows (ltcil's draw) and each epoch's order drawn with this seed")
     p.add_argument("--repo", type=Path, help="LAMDA-PILOT checkout")
     p.add_argument("--weights", type=Path, help="the shared ViT (pilot_adapter.py --make-weights)")
     p.add_argument("--data", type=Path, help="folder with cifar-100-python.tar.gz")
@@ -160,6 +226,8 @@ def main(argv=None) -> None:
     if args.replay is not None:
         if args.ltcil_run is None:
             p.error("--replay needs --ltcil-run")
+        if args.stream_seed is not None and args.augment == "recorded":
+            p.error("--stream-seed draws a new order: choose --augment pilot, ltcil or ltcil-torchvision")
         return replay(args)
     if None in (args.repo, args.weights, args.data):
         p.error("--repo, --weights and --data are required (without --replay)")
